@@ -1,0 +1,248 @@
+"""One request -> one shared forward pass -> each method's ``run()``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import torch
+
+from lmlens import wire
+from lmlens.cache import Cache, MethodKey, cache_key
+from lmlens.capture import Need
+from lmlens.errors import (
+    EmptyTextError,
+    InvalidParamsError,
+    LmlensError,
+    MethodFailedError,
+    TextTooLongError,
+)
+from lmlens.forward import run_forward
+from lmlens.method import Method, Trace
+from lmlens.models import LoadedModel, LoadOptions, ModelStore
+from lmlens.plugins import PluginHost
+from lmlens.settings import Settings
+from lmlens.wire import AnalysisResult, ModelRef, Result, Token
+
+Progress = Callable[[str, str], None]
+"""``progress(stage, method)``: stage is "start" or "end"; method is "" for the pass."""
+
+
+class Analyzer:
+    """The Python way in.
+
+    >>> analyzer = Analyzer()                       # default model: smollm2-135m
+    >>> result = analyzer.analyze("The cat sat on the mat", methods=["attention"])
+    >>> result.methods["attention"].patterns.shape  # [layer, head, q_pos, k_pos]
+    """
+
+    def __init__(
+        self,
+        model: str | LoadedModel | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        settings: Settings | None = None,
+        plugins: PluginHost | None = None,
+        cache: Cache | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.plugins = plugins or PluginHost()
+        self.cache = cache
+        self.store = store or ModelStore(self.settings.model_lru_size)
+        self.device = device or self.settings.device
+        self.dtype = dtype or self.settings.dtype
+        self._model: LoadedModel | None = model if isinstance(model, LoadedModel) else None
+        self.model_spec = model if isinstance(model, str) else self.settings.default_model
+
+    # --- models ------------------------------------------------------------------------
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            device=self.device,
+            dtype=self.dtype,
+            cache_dir=self.settings.cache_path,
+            aliases=dict(self.plugins.aliases),
+            architectures=list(self.plugins.architectures),
+        )
+
+    def load_model(self, spec: str | None = None) -> LoadedModel:
+        """The model for ``spec`` (default: this analyzer's model), loaded once and kept."""
+        if spec is None and self._model is not None:
+            return self._model
+        spec = spec or self.model_spec
+
+        def load(spec: str, options: LoadOptions) -> LoadedModel:
+            loaded = self.plugins.pm.hook.load_model(spec=spec, options=options)
+            assert loaded is not None, "the kernel's loader always answers"
+            return loaded  # type: ignore[no-any-return]
+
+        return self.store.get_or_load(spec, self.load_options(), load)
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.load_model()
+
+    # --- validation --------------------------------------------------------------------
+
+    def check_text(self, text: object) -> str:
+        if not isinstance(text, str):
+            raise InvalidParamsError(f"text must be a string, not {type(text).__name__}", field="text")
+        if not text.strip():
+            raise EmptyTextError("text is empty or only whitespace", field="text")
+        if len(text) > self.settings.max_text_chars:
+            raise TextTooLongError(
+                f"text has {len(text)} characters; the limit is {self.settings.max_text_chars}",
+                field="text",
+            )
+        return text
+
+    def resolve_methods(self, methods: object) -> list[Method]:
+        if isinstance(methods, str):
+            methods = [methods]
+        if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+            raise InvalidParamsError("methods must be a list of method names", field="methods")
+        if not methods:
+            raise InvalidParamsError("ask for at least one method", field="methods")
+        return [self.plugins.method(name) for name in dict.fromkeys(methods)]
+
+    def resolve_params(
+        self, methods: Sequence[Method], params: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        params = dict(params or {})
+        names = {m.name for m in methods}
+        for key in params:
+            if key not in names:
+                raise InvalidParamsError(
+                    f"params given for {key!r}, which is not among the requested methods",
+                    field=f"params.{key}",
+                )
+        resolved = {}
+        for method in methods:
+            raw = params.get(method.name, {})
+            if isinstance(raw, method.params):
+                resolved[method.name] = raw
+                continue
+            try:
+                resolved[method.name] = wire.convert(raw, method.params)
+            except msgspec.ValidationError as exc:
+                raise InvalidParamsError(
+                    f"invalid params for {method.name}: {exc}", field=f"params.{method.name}"
+                ) from None
+        return resolved
+
+    def tokenize(self, loaded: LoadedModel, text: str) -> tuple[torch.Tensor, list[Token]]:
+        encoded = loaded.tokenizer(
+            text, return_offsets_mapping=True, add_special_tokens=True, return_tensors="pt"
+        )
+        input_ids = encoded["input_ids"]  # [1, pos]
+        limit = min(self.settings.max_sequence_length, loaded.info.max_positions or 10**9)
+        n = int(input_ids.shape[1])
+        if n > limit:
+            raise TextTooLongError(
+                f"text is {n} tokens long; the limit for {loaded.name} is {limit} "
+                "(use chunked or streaming analysis for longer documents)",
+                field="text",
+            )
+        ids = input_ids[0].tolist()
+        pieces = loaded.tokenizer.convert_ids_to_tokens(ids)
+        offsets = encoded["offset_mapping"][0].tolist()
+        tokens = [
+            Token(id=i, piece=str(p), text=text[s:e], start=int(s), end=int(e))
+            for i, p, (s, e) in zip(ids, pieces, offsets)
+        ]
+        return input_ids, tokens
+
+    # --- analysis ----------------------------------------------------------------------
+
+    def analyze(
+        self,
+        text: str,
+        methods: Sequence[str] | str = ("attention",),
+        params: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        progress: Progress | None = None,
+        use_cache: bool = True,
+    ) -> AnalysisResult:
+        """Analyse ``text`` with every method in ``methods`` over one forward pass."""
+        text = self.check_text(text)
+        chosen = self.resolve_methods(list(methods) if not isinstance(methods, str) else methods)
+        resolved = self.resolve_params(chosen, params)
+        loaded = self.load_model(model)
+        input_ids, tokens = self.tokenize(loaded, text)
+
+        key = None
+        if self.cache is not None and use_cache:
+            key = self._cache_key(text, loaded, chosen, resolved)
+            hit = self.cache.get(key)
+            if hit is not None:
+                result = wire.from_msgpack(hit, wire.result_type(m.result for m in chosen))
+                return msgspec.structs.replace(result, cached=True)
+
+        timings: dict[str, float] = {}
+        needs: list[Need] = []
+        for method in chosen:
+            needs.extend(method.needs(loaded.info, resolved[method.name]))
+        notify = progress or (lambda stage, method: None)
+        notify("start", "")
+        started = time.perf_counter()
+        activations = run_forward(loaded, needs, input_ids=input_ids) if needs else {}
+        timings["forward"] = (time.perf_counter() - started) * 1000
+        notify("end", "")
+        trace = Trace(
+            model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations
+        )
+        results: dict[str, Result] = {}
+        for method in chosen:
+            notify("start", method.name)
+            started = time.perf_counter()
+            results[method.name] = self._run_method(method, trace, resolved[method.name])
+            timings[method.name] = (time.perf_counter() - started) * 1000
+            notify("end", method.name)
+        result = AnalysisResult(
+            model=ModelRef(name=loaded.name, revision=loaded.revision, family=loaded.info.family),
+            text=text,
+            tokens=tokens,
+            methods=results,
+            timings_ms=timings,
+        )
+        if key is not None and self.cache is not None:
+            self.cache.set(key, wire.to_msgpack(result))
+        return result
+
+    def _run_method(self, method: Method, trace: Trace, params: Any) -> Result:
+        try:
+            result = method.run(trace, params)
+        except LmlensError:
+            raise
+        except Exception as exc:
+            raise MethodFailedError(
+                f"method {method.name!r} failed: {type(exc).__name__}: {exc}", field="methods"
+            ) from exc
+        if not isinstance(result, method.result):
+            raise MethodFailedError(
+                f"method {method.name!r} returned {type(result).__name__}, "
+                f"not {method.result.__name__}"
+            )
+        return result
+
+    def _cache_key(
+        self, text: str, loaded: LoadedModel, methods: Iterable[Method], params: Mapping[str, Any]
+    ) -> str:
+        keys = []
+        for method in methods:
+            owner = self.plugins.method_owner.get(method.name, "")
+            keys.append(
+                MethodKey(
+                    method=method.name,
+                    plugin=owner,
+                    plugin_version=self.plugins.plugin_version(owner),
+                    method_version=method.version,
+                    params=msgspec.Raw(wire.to_msgpack(params[method.name])),
+                )
+            )
+        return cache_key(text, loaded.name, loaded.revision, keys)

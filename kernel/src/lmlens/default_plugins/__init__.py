@@ -1,0 +1,1 @@
+"""The kernel's own hook implementations, registered like any other plugin."""

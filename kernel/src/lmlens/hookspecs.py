@@ -1,0 +1,79 @@
+"""The plugin contract: one function per hook, and its docstring is the contract.
+
+Hooks are called with keyword arguments only. An implementation may take a subset of
+the arguments. Returning ``None`` means "no opinion". Collect-style hooks are named
+``register_*`` and receive a ``register`` callback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from lmlens.architectures import Architecture
+    from lmlens.method import Method
+    from lmlens.models import LoadedModel, LoadOptions, ModelAlias
+
+hookspec = pluggy.HookspecMarker("lmlens")
+hookimpl = pluggy.HookimplMarker("lmlens")
+
+
+@hookspec
+def register_methods(register: Callable[[Method], None]) -> None:
+    """Call ``register(Method(...))`` once for each analysis method this plugin offers.
+
+    Method names are global: two plugins registering the same name is reported as a
+    load error of the second plugin, and the first one wins.
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelAlias], None]) -> None:
+    """Call ``register(ModelAlias(...))`` for each model alias this plugin knows.
+
+    An alias names where the weights live (a wheel, a directory, a hub id, a recipe)
+    and the exact command that installs them when they are missing.
+    """
+
+
+@hookspec(firstresult=True)
+def load_model(spec: str, options: LoadOptions) -> LoadedModel | None:
+    """Turn a model spec (alias, hub id, directory, ``.gguf`` file) into a loaded model.
+
+    The first non-``None`` answer wins. The kernel's own loader is ``trylast``, so a
+    plugin can take over a spec (a remote model, a custom format) by answering first.
+    Return ``None`` for specs you do not handle.
+    """
+
+
+@hookspec
+def register_architectures(register: Callable[[Architecture], None]) -> None:
+    """Call ``register(Architecture(...))`` to map a model family's modules onto the
+    canonical hook point names (``embed``, ``blocks.{i}.attn.pattern``, ...).
+
+    The kernel registers GPT-2, Llama-family and BERT; a plugin adds more.
+    """
+
+
+@hookspec
+def register_jobs(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Call ``register(kind, function)`` for long-running work a worker can run
+    (train an SAE, fit a detector, analyse a batch). ``function(params, progress)``
+    receives its validated params and a ``progress(fraction, message)`` callback.
+    """
+
+
+@hookspec
+def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Call ``register(method_name, make_figure)`` with a function that turns that
+    method's Result into a Bokeh layout, for the dashboard and saved pictures.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``lmlens`` command line: ``@cli.command()``."""

@@ -1,0 +1,56 @@
+"""What a method is, and what it gets to work with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from lmlens.wire import Result, Token
+
+if TYPE_CHECKING:
+    import torch
+
+    from lmlens.capture import Need
+    from lmlens.models import LoadedModel, ModelInfo
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One captured forward pass, shared by every method of a request.
+
+    ``activations`` maps a need's name to what its hook kept: the tensor, or what
+    the need's reducer returned. Tensors are in their documented shapes with the
+    batch dimension of 1 kept.
+    """
+
+    model: LoadedModel
+    text: str
+    tokens: list[Token]
+    input_ids: torch.Tensor  # [1, pos]
+    activations: Mapping[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.activations[name]
+
+
+@dataclass(frozen=True)
+class Method:
+    """An analysis method a plugin offers.
+
+    ``needs(info, params)`` says which hook points (and reducers) the shared forward
+    pass must capture for this method; ``run(trace, params)`` turns them into a
+    ``result`` Struct. When no requested method needs ``logits``, the kernel runs the
+    base model only and skips the LM head.
+    """
+
+    name: str
+    description: str
+    params: type[msgspec.Struct]
+    result: type[Result]
+    needs: Callable[[ModelInfo, Any], Sequence[Need]]
+    run: Callable[[Trace, Any], Result]
+    version: str = "0"
+    tags: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,52 @@
+"""Fixtures for testing lmlens and its plugins, registered as a pytest plugin.
+
+Any package that depends on lmlens gets them in its tests:
+
+- ``tiny_models``: a session-wide ``{family: LoadedModel}`` for gpt2, llama and bert
+- ``tiny_analyzer(family)``: an ``Analyzer`` over one tiny model, no files, no network
+- ``lmlens_cache_dir``: a temporary ``LMLENS_CACHE_DIR`` for the session
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lmlens.analyzer import Analyzer
+from lmlens.models import LoadedModel, LoadOptions, load
+from lmlens.plugins import PluginHost
+from lmlens.settings import Settings
+from lmlens.tiny import FAMILIES
+
+
+def load_tiny(family: str, host: PluginHost | None = None) -> LoadedModel:
+    host = host or PluginHost()
+    return load(f"tiny-{family}", LoadOptions(aliases=host.aliases, architectures=host.architectures))
+
+
+@pytest.fixture(scope="session")
+def lmlens_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lmlens-cache")
+
+
+@pytest.fixture(scope="session")
+def plugin_host() -> PluginHost:
+    return PluginHost()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(plugin_host: PluginHost) -> dict[str, LoadedModel]:
+    return {family: load_tiny(family, plugin_host) for family in FAMILIES}
+
+
+@pytest.fixture
+def tiny_analyzer(
+    tiny_models: dict[str, LoadedModel], plugin_host: PluginHost, lmlens_cache_dir: Path
+) -> Iterator[Callable[[str], Analyzer]]:
+    def make(family: str = "gpt2") -> Analyzer:
+        settings = Settings(cache_dir=str(lmlens_cache_dir), default_model=f"tiny-{family}")
+        return Analyzer(tiny_models[family], settings=settings, plugins=plugin_host)
+
+    yield make

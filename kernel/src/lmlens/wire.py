@@ -1,0 +1,172 @@
+"""msgspec Structs shared by every adapter: requests, results, errors.
+
+Arrays are numpy arrays inside Python. On the wire they travel as nested lists in
+JSON and as packed typed arrays (``{"dtype", "shape", "data": <bytes>}``) in
+MessagePack, so a 30 x 9 x 512 x 512 pattern tensor is one memcpy, not 70M floats.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, TypeVar
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+Float32Array = npt.NDArray[np.float32]
+"""An n-dimensional float32 array; the shape is written beside each field that holds one."""
+
+T = TypeVar("T")
+
+
+class Token(msgspec.Struct, frozen=True, kw_only=True):
+    """One token of the analysed text, with its character span in that text."""
+
+    id: int
+    piece: str  # the vocabulary entry, e.g. "Ġcat"
+    text: str  # the characters it covers, text[start:end] ("" for special tokens)
+    start: int
+    end: int
+
+
+class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    revision: str
+    family: str
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every method's result. Each plugin subclasses it with ``tag="<method>"``."""
+
+
+class AnalysisResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One request's answer: the tokens, and one Result per requested method."""
+
+    model: ModelRef
+    text: str
+    tokens: list[Token]
+    methods: dict[str, Result]
+    timings_ms: dict[str, float] = {}
+    cached: bool = False
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """An error as every adapter reports it."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class AnalyzeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    text: str
+    model: str | None = None
+    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
+    params: dict[str, dict[str, Any]] = {}
+
+
+class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    dist: str | None
+    version: str | None
+    methods: list[str]
+    hooks: list[str]
+    error: str | None = None
+
+
+class ModelInfoRow(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    description: str
+    source: str
+    installed: bool
+    install_hint: str | None = None
+
+
+# --- array encoding -------------------------------------------------------------------
+
+
+def _json_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _msgpack_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(typ: Any, obj: Any) -> Any:
+    origin = typing.get_origin(typ) or typ
+    if origin is np.ndarray:
+        dtype = np.float32
+        args = typing.get_args(typ)
+        if len(args) == 2:
+            dtype_args = typing.get_args(args[1])
+            if dtype_args:
+                dtype = dtype_args[0]
+        if isinstance(obj, dict):
+            flat = np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"]))
+            return flat.reshape(obj["shape"]).astype(dtype, copy=False)
+        return np.asarray(obj, dtype=dtype)
+    raise NotImplementedError(f"cannot decode {typ!r}")
+
+
+def _schema_hook(typ: Any) -> dict[str, Any]:
+    origin = typing.get_origin(typ) or typ
+    if origin is np.ndarray:
+        return {
+            "type": "array",
+            "description": "n-dimensional array as nested lists (JSON) or packed bytes (MessagePack)",
+            "items": {},
+        }
+    raise NotImplementedError(f"no schema for {typ!r}")
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=_json_enc_hook)
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_msgpack_enc_hook)
+
+
+def to_json(obj: Any) -> bytes:
+    return _json_encoder.encode(obj)
+
+
+def to_msgpack(obj: Any) -> bytes:
+    return _msgpack_encoder.encode(obj)
+
+
+def from_json(data: bytes | str, typ: type[T]) -> T:
+    return msgspec.json.decode(data, type=typ, dec_hook=_dec_hook)
+
+
+def from_msgpack(data: bytes, typ: type[T]) -> T:
+    return msgspec.msgpack.decode(data, type=typ, dec_hook=_dec_hook)
+
+
+def convert(obj: Any, typ: type[T]) -> T:
+    """Validate plain Python data (a params dict, say) into a Struct."""
+    return msgspec.convert(obj, typ, dec_hook=_dec_hook)
+
+
+def json_schema(*types: Any) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
+    return msgspec.json.schema_components(types, schema_hook=_schema_hook)
+
+
+def result_type(result_classes: typing.Iterable[type[Result]]) -> type[AnalysisResult]:
+    """An AnalysisResult whose ``methods`` decode into the given plugin Result classes."""
+    classes = tuple(result_classes)
+    if not classes:
+        return AnalysisResult
+    union = typing.Union[classes]  # type: ignore[valid-type]  # noqa: UP007
+
+    class TypedAnalysisResult(AnalysisResult, frozen=True, kw_only=True):
+        methods: dict[str, union]  # type: ignore[valid-type,assignment]
+
+    return TypedAnalysisResult
