@@ -1,0 +1,1 @@
+from lmlens_redis.testing import redis_server  # noqa: F401
