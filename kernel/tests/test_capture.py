@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-
 from lmlens.architectures import point_names
 from lmlens.capture import Capture, Need
 from lmlens.errors import InvalidParamsError
@@ -130,9 +129,11 @@ def test_hooks_are_removed_when_the_forward_pass_raises(tiny_models, family: str
 def test_hooks_are_removed_when_resolving_a_later_point_fails(tiny_models) -> None:
     loaded = tiny_models["gpt2"]
     before = _hook_count(loaded.model)
-    with pytest.raises(InvalidParamsError, match="has 2 layers"):
-        with Capture(loaded.modules, [Need("embed"), Need("blocks.7.resid_pre")]):
-            pass
+    with (
+        pytest.raises(InvalidParamsError, match="has 2 layers"),
+        Capture(loaded.modules, [Need("embed"), Need("blocks.7.resid_pre")]),
+    ):
+        pass
     assert _hook_count(loaded.model) == before
 
 

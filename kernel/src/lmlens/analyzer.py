@@ -152,7 +152,7 @@ class Analyzer:
         offsets = encoded["offset_mapping"][0].tolist()
         tokens = [
             Token(id=i, piece=str(p), text=text[s:e], start=int(s), end=int(e))
-            for i, p, (s, e) in zip(ids, pieces, offsets)
+            for i, p, (s, e) in zip(ids, pieces, offsets, strict=True)
         ]
         return input_ids, tokens
 
@@ -213,6 +213,36 @@ class Analyzer:
         if key is not None and self.cache is not None:
             self.cache.set(key, wire.to_msgpack(result))
         return result
+
+    # --- pictures ----------------------------------------------------------------------
+
+    def visualize(
+        self,
+        result: AnalysisResult,
+        method: str,
+        save_path: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Draw ``result.methods[method]`` with the panel its plugin registered.
+
+        Returns the Bokeh layout; with ``save_path`` the panel also writes it
+        (``.html``: interactive Bokeh document, ``.png``: static image).
+        """
+        if method not in result.methods:
+            raise InvalidParamsError(
+                f"the result has no {method!r} analysis; it has: {', '.join(result.methods)}",
+                field="method",
+            )
+        panel = self.plugins.panels.get(method)
+        if panel is None:
+            raise InvalidParamsError(f"no installed plugin draws {method!r} results", field="method")
+        return panel(result, save_path=save_path, **options)
+
+    def visualize_attention(
+        self, result: AnalysisResult, layer: int = 0, head: int = 0, save_path: str | None = None
+    ) -> Any:
+        """The attention pattern of one head as an interactive heatmap."""
+        return self.visualize(result, "attention", save_path=save_path, layer=layer, head=head)
 
     def _run_method(self, method: Method, trace: Trace, params: Any) -> Result:
         try:

@@ -7,6 +7,7 @@ gets the same hook handling, attention switching and early stop.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,11 +47,8 @@ def run_forward(
     context = torch.enable_grad() if grad else torch.inference_mode()
     with loaded._attn_lock:
         loaded.set_eager_attention(capture.needs_patterns)
-        with context, capture:
-            try:
-                target(**kwargs)
-            except StopForward:
-                pass
+        with context, capture, contextlib.suppress(StopForward):
+            target(**kwargs)
     missing = [n.key for n in needs if n.key not in capture.activations]
     if missing:
         raise RuntimeError(f"the forward pass did not reach {', '.join(missing)}")

@@ -7,7 +7,8 @@ the arguments. Returning ``None`` means "no opinion". Collect-style hooks are na
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

@@ -98,7 +98,7 @@ class LoadedModel:
         tokenizer: Any,
         architectures: Sequence[Architecture],
     ) -> LoadedModel:
-        config = model.config
+        config: Any = model.config
         arch = find_architecture(config.model_type, list(architectures))
         modules = ModuleMap(model, arch)
         n_heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 0)))
@@ -115,8 +115,7 @@ class LoadedModel:
             d_head=int(getattr(config, "head_dim", None) or d_model // max(n_heads, 1)),
             vocab_size=int(config.vocab_size),
             max_positions=int(
-                getattr(config, "max_position_embeddings", None)
-                or getattr(config, "n_positions", 0)
+                getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 0
             ),
             causal=arch.causal,
             has_lm_head=has_lm_head,
@@ -144,7 +143,7 @@ class LoadedModel:
     def set_eager_attention(self, eager: bool) -> None:
         """Patterns exist only in eager attention; SDPA is faster when none are needed."""
         want = "eager" if eager else "sdpa"
-        config = self.model.config
+        config: Any = self.model.config
         if getattr(config, "_attn_implementation", None) == want:
             return
         setter = getattr(self.model, "set_attn_implementation", None)
@@ -262,10 +261,10 @@ def _auto_class(architectures: list[str]) -> Any:
 
 def quiet_transformers() -> None:
     """transformers' per-load reports and progress bars are noise in a service log."""
-    import transformers
+    from transformers.utils import logging
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _load_pretrained(

@@ -125,7 +125,7 @@ class PluginHost:
 
     def _collect(self, hook_name: str, make_register: Callable[[str], Callable[..., Any]]) -> None:
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order
             owner = impl.plugin_name
             try:
                 kwargs = {"register": make_register(owner)} if impl.argnames else {}

@@ -50,3 +50,24 @@ def tiny_analyzer(
         return Analyzer(tiny_models[family], settings=settings, plugins=plugin_host)
 
     yield make
+
+
+@pytest.fixture(scope="session")
+def real_analyzer(plugin_host: PluginHost) -> Callable[[str], Analyzer]:
+    """``real_analyzer("smollm2-135m")``: an Analyzer over an embedded real model.
+
+    Uses the user's lmlens cache directory (``LMLENS_CACHE_DIR``), so the one-time GGUF
+    conversion is shared with the demo and later runs. Skips, naming the install
+    command, when the model's wheel is not installed.
+    """
+    made: dict[str, Analyzer] = {}
+
+    def make(alias: str) -> Analyzer:
+        if alias not in made:
+            entry = plugin_host.aliases[alias]
+            if entry.locate() is None:
+                pytest.skip(f"{alias} is not installed: {entry.install_hint}")
+            made[alias] = Analyzer(alias, plugins=plugin_host)
+        return made[alias]
+
+    return make

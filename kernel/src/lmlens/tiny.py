@@ -33,7 +33,7 @@ def byte_tokenizer(family: str) -> Any:
             pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<bos>",
@@ -56,6 +56,7 @@ def build_tiny(family: str, seed: int = 0) -> tuple[nn.Module, Any]:
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     model: nn.Module
+    config: Any
     if family == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=vocab, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
@@ -79,5 +80,5 @@ def build_tiny(family: str, seed: int = 0) -> tuple[nn.Module, Any]:
         model = transformers.BertModel(config, add_pooling_layer=False)
     model.config.architectures = [type(model).__name__]
     model.set_attn_implementation("sdpa")
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return model, tokenizer

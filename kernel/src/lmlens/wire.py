@@ -7,6 +7,8 @@ MessagePack, so a 30 x 9 x 512 x 512 pattern tensor is one memcpy, not 70M float
 
 from __future__ import annotations
 
+import functools
+import operator
 import typing
 from typing import Any, TypeVar
 
@@ -161,12 +163,19 @@ def json_schema(*types: Any) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]
 
 def result_type(result_classes: typing.Iterable[type[Result]]) -> type[AnalysisResult]:
     """An AnalysisResult whose ``methods`` decode into the given plugin Result classes."""
-    classes = tuple(result_classes)
+    return _result_type(tuple(sorted(set(result_classes), key=lambda c: c.__qualname__)))
+
+
+@functools.lru_cache(maxsize=64)
+def _result_type(classes: tuple[type[Result], ...]) -> type[AnalysisResult]:
     if not classes:
         return AnalysisResult
-    union = typing.Union[classes]  # type: ignore[valid-type]  # noqa: UP007
-
-    class TypedAnalysisResult(AnalysisResult, frozen=True, kw_only=True):
-        methods: dict[str, union]  # type: ignore[valid-type,assignment]
-
-    return TypedAnalysisResult
+    union = functools.reduce(operator.or_, classes)
+    typed: Any = msgspec.defstruct(
+        "TypedAnalysisResult",
+        [("methods", dict[str, union])],  # type: ignore[valid-type]
+        bases=(AnalysisResult,),
+        frozen=True,
+        kw_only=True,
+    )
+    return typed  # type: ignore[no-any-return]

@@ -1,0 +1,3 @@
+from lmlens.cli import main
+
+main()

