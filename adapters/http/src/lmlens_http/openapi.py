@@ -1,0 +1,149 @@
+"""``GET /openapi.json`` from the msgspec types, and ``GET /docs``, a page that lists it.
+
+The request schemas carry one typed params object per installed method, and the
+``methods`` and ``model`` fields list what this server accepts, so the document
+always describes the running server, plugin routes included.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from lmlens import wire
+from lmlens.wire import ErrorBody, PluginInfo
+from lmlens_http.schemas import Health, ModelRow
+
+_JSON_AND_MSGPACK = ("application/json", "application/msgpack")
+
+# status -> the codes that come with it, for the documentation of errors
+ERRORS = {
+    "400": "malformed body, empty text, unknown method",
+    "403": "model not in the allowlist",
+    "404": "unknown route",
+    "413": "body, text or batch too large",
+    "415": "unsupported content type",
+    "422": "invalid request or params (field names the path)",
+    "429": "rate limited (Retry-After)",
+    "503": "queue full (Retry-After)",
+    "504": "timed out; the work was cancelled",
+}
+
+
+def _rewrite_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _rewrite_refs(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node
+
+
+def _content(ref: dict[str, Any]) -> dict[str, Any]:
+    return {media: {"schema": ref} for media in _JSON_AND_MSGPACK}
+
+
+def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str, Any]:
+    types = service.types
+    plugin_list, model_list = list[PluginInfo], list[ModelRow]  # one object each: refs go by id
+    named: list[Any] = [
+        types.analyze, types.batch, types.result, types.batch_result, ErrorBody,
+        plugin_list, model_list, Health,
+    ]
+    for route in extra_routes:
+        named.extend(t for t in (route.get("request"), route.get("response")) if t is not None)
+    schemas, components = wire.json_schema(*named)
+    refs = dict(zip(map(id, named), map(_rewrite_refs, schemas), strict=True))
+    components = _rewrite_refs(components)
+    for name in ("AnalyzeRequest", "BatchRequest"):
+        props = components[name]["properties"]
+        props["methods"]["items"] = {"type": "string", "enum": sorted(service.host.methods)}
+        props["model"] = {"anyOf": [{"type": "string", "enum": service.allowed}, {"type": "null"}],
+                          "default": None}
+    errors = {
+        status: {"description": text, "content": _content({"$ref": "#/components/schemas/ErrorBody"})}
+        for status, text in ERRORS.items()
+    }
+
+    def op(summary: str, response: Any, request: Any = None, statuses: tuple[str, ...] = ()) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "responses": {"200": {"description": "OK", "content": _content(refs[id(response)])}},
+        }
+        for status in statuses:
+            operation["responses"][status] = errors[status]
+        if request is not None:
+            operation["requestBody"] = {"required": True, "content": _content(refs[id(request)])}
+        return operation
+
+    post_errors = ("400", "403", "413", "415", "422", "429", "503", "504")
+    paths: dict[str, Any] = {
+        "/analyze": {"post": op("Analyse one text with the named methods over one forward pass",
+                                types.result, types.analyze, post_errors)},
+        "/analyze/batch": {"post": op("Analyse many texts; batch_size texts per pool job",
+                                      types.batch_result, types.batch, post_errors)},
+        "/plugins": {"get": op("Installed plugins, their methods and load errors", plugin_list)},
+        "/models": {"get": op("Models this server may load (the allowlist)", model_list)},
+        "/health": {"get": op("Models loaded, cache and Redis state, plugins", Health)},
+    }
+    for route in extra_routes:
+        response = route.get("response")
+        operation: dict[str, Any] = {"summary": route.get("summary") or route["path"],
+                                     "responses": {"200": {"description": "OK"}}}
+        if response is not None:
+            operation["responses"]["200"]["content"] = _content(refs[id(response)])
+        if route.get("request") is not None:
+            operation["requestBody"] = {"required": True, "content": _content(refs[id(route["request"])])}
+        for method in route["methods"]:
+            paths.setdefault(route["path"], {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "lmlens",
+            "version": service.version,
+            "description": "Look inside transformer language models. WebSocket progress at /ws; "
+            "send Accept: application/msgpack for MessagePack.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(request.app.state.openapi_bytes, media_type="application/json")
+
+
+def docs_html(document: dict[str, Any]) -> str:
+    """One self-contained page: no scripts from a CDN, so it works offline."""
+    parts = [f"<h1>{html.escape(document['info']['title'])} {html.escape(document['info']['version'])}</h1>",
+             f"<p>{html.escape(document['info']['description'])}</p>",
+             '<p>Machine-readable: <a href="openapi.json">openapi.json</a></p>']
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            parts.append(f"<h2><code>{method.upper()} {html.escape(path)}</code></h2>")
+            parts.append(f"<p>{html.escape(operation.get('summary', ''))}</p>")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                parts.append(f"<p>Request: <code>{html.escape(json.dumps(body['schema']))}</code></p>")
+            statuses = ", ".join(operation["responses"])
+            parts.append(f"<p>Responses: {html.escape(statuses)}</p>")
+    schemas = json.dumps(document["components"]["schemas"], indent=2)
+    parts.append(f"<h2>Schemas</h2><pre>{html.escape(schemas)}</pre>")
+    return "<!doctype html><meta charset=utf-8><title>lmlens API</title>" + "\n".join(parts)
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(request.app.state.docs_html)
+
+
+ROUTES = [
+    Route("/openapi.json", openapi_json, methods=["GET"], name="openapi", include_in_schema=False),
+    Route("/docs", docs, methods=["GET"], name="docs", include_in_schema=False),
+]

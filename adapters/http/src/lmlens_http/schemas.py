@@ -1,0 +1,154 @@
+"""The service's own wire types (the kernel's are in ``lmlens.wire``).
+
+Requests forbid unknown fields, like the kernel's ``AnalyzeRequest``, so a typo is a
+422 naming the field rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from lmlens.wire import AnalysisResult, ErrorBody, PluginInfo
+
+NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    texts: Annotated[list[str], msgspec.Meta(min_length=1)]
+    model: str | None = None
+    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
+    params: dict[str, dict[str, Any]] = {}
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 8  # texts per pool job
+
+
+class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    results: list[AnalysisResult]
+
+
+class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    installed: bool
+    loaded: bool
+    default: bool
+    install_hint: str | None = None
+
+
+class CacheHealth(msgspec.Struct, frozen=True, kw_only=True):
+    backend: Literal["redis", "memory"]
+    healthy: bool
+    error: str | None = None
+
+
+class PoolHealth(msgspec.Struct, frozen=True, kw_only=True):
+    workers: int
+    queue_size: int
+    running: int
+    queued: int
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "degraded"]
+    version: str
+    models_loaded: list[str]
+    default_model: str
+    cache: CacheHealth
+    rate_limit: CacheHealth
+    pool: PoolHealth
+    plugins: list[PluginInfo]
+
+
+# --- WebSocket messages ------------------------------------------------------------------
+
+
+class WsAnalyze(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="analyze",
+                tag_field="type"):
+    text: str
+    model: str | None = None
+    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
+    params: dict[str, dict[str, Any]] = {}
+    id: str | None = None  # echoed back on every message about this request
+
+
+class ProgressData(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    method: str | None  # None for the shared forward pass
+    stage: Literal["start", "end"]
+
+
+class WsProgress(msgspec.Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):
+    data: ProgressData
+    id: str | None = None
+
+
+class WsComplete(msgspec.Struct, frozen=True, kw_only=True, tag="complete", tag_field="type"):
+    data: AnalysisResult
+    id: str | None = None
+
+
+class WsError(msgspec.Struct, frozen=True, kw_only=True, tag="error", tag_field="type"):
+    data: ErrorBody
+    id: str | None = None
+
+
+# --- types that depend on the installed methods ------------------------------------------
+
+
+class RequestTypes:
+    """Request and result types with one typed ``params`` field per installed method.
+
+    Built from whatever methods the plugins registered, so a new plugin's parameters
+    are validated (with field paths) and documented without touching the adapter.
+    """
+
+    def __init__(self, methods: dict[str, Any], result_type: type[AnalysisResult]) -> None:
+        fields = []
+        rename = {}
+        for i, (name, method) in enumerate(sorted(methods.items())):
+            attr = f"m{i}"  # method names need not be identifiers
+            rename[attr] = name
+            fields.append((attr, method.params | None, None))
+        self.params = msgspec.defstruct(
+            "MethodParams", fields, kw_only=True, frozen=True, forbid_unknown_fields=True, rename=rename,
+            omit_defaults=True,
+        )
+        self._attrs = rename
+        empty = self.params()
+        common = [
+            ("model", str | None, None),
+            ("methods", list[str], msgspec.field(default_factory=lambda: ["attention"])),
+            ("params", self.params, empty),
+        ]
+        options = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
+        self.analyze = msgspec.defstruct("AnalyzeRequest", [("text", str), *common], **options)
+        self.batch = msgspec.defstruct(
+            "BatchRequest",
+            [
+                ("texts", Annotated[list[str], msgspec.Meta(min_length=1)]),
+                *common,
+                ("batch_size", Annotated[int, msgspec.Meta(ge=1)], 8),
+            ],
+            **options,
+        )
+        self.ws_analyze = msgspec.defstruct(
+            "WsAnalyze",
+            [("text", str), *common, ("id", str | None, None)],
+            tag="analyze",
+            tag_field="type",
+            **options,
+        )
+        self.result = result_type
+        self.batch_result = msgspec.defstruct(
+            "BatchResult", [("results", list[result_type])], kw_only=True, frozen=True  # type: ignore[valid-type]
+        )
+
+    def params_dict(self, params: Any) -> dict[str, Any]:
+        """``{method: params Struct}`` for the methods the request gave params for."""
+        out = {}
+        for attr, name in self._attrs.items():
+            value = getattr(params, attr)
+            if value is not None:
+                out[name] = value
+        return out

@@ -1,0 +1,204 @@
+"""What every way in shares: validation, the allowlist, the cache lookup and the pool.
+
+Routes and the WebSocket call ``prepare`` (cheap checks on the event loop) and then
+``analyze``: a cache hit is answered from a thread of its own, so it never waits
+behind model work; a miss goes to the bounded pool, where identical requests share
+one computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from lmlens import Analyzer, wire
+from lmlens.errors import LmlensError
+from lmlens.method import Method
+from lmlens.models import LoadedModel
+from lmlens.plugins import PluginHost
+from lmlens.wire import AnalysisResult
+import lmlens_http
+from lmlens_http import codec
+from lmlens_http.caching import build_cache
+from lmlens_http.cancellation import install_block_checks
+from lmlens_http.config import ServiceConfig, kernel_settings
+from lmlens_http.errors import BatchTooLargeError, InvalidRequestError, ModelNotAllowedError
+from lmlens_http.pool import AnalysisPool, Listener, Notify
+from lmlens_http.ratelimit import build_limiter
+from lmlens_http.schemas import RequestTypes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: the allowed model, the methods, their params Structs."""
+
+    text: str
+    model: str
+    methods: list[Method]
+    params: dict[str, Any]
+    fingerprint: str  # identical requests, identical fingerprint (single flight)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, host: PluginHost | None = None) -> None:
+        self.config = config
+        self.version = lmlens_http.__version__
+        self.route_errors: dict[str, str] = {}  # plugin -> why its routes were refused
+        self.host = host or PluginHost()
+        self.settings = kernel_settings(config)
+        self.cache = build_cache(config)
+        self.analyzer = Analyzer(settings=self.settings, plugins=self.host, cache=self.cache.cache)
+        self.default_model = self.settings.default_model
+        allowed = list(self.host.aliases) if config.models is None else list(config.models)
+        self.allowed = list(dict.fromkeys([*allowed, self.default_model]))
+        self.pool = AnalysisPool(config.pool_workers, config.queue_size, config.request_timeout_s)
+        self.limiter = build_limiter(config.rate_limit, config.rate_window_s, self.cache.link)
+        # Which spec resolved to which model, without keeping evicted models alive.
+        self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
+        self.types = RequestTypes(
+            self.host.methods, wire.result_type(m.result for m in self.host.methods.values())
+        )
+
+    # --- validation (on the event loop: no I/O, no model work) ---------------------------
+
+    def prepare(
+        self,
+        text: str,
+        model: str | None,
+        methods: Sequence[str],
+        params: Any,
+        *,
+        text_field: str = "text",
+    ) -> Prepared:
+        spec = model or self.default_model
+        if spec not in self.allowed:
+            raise ModelNotAllowedError(
+                f"model {spec!r} is not served here; choose one of: {', '.join(self.allowed)}",
+                field="model",
+            )
+        try:
+            text = self.analyzer.check_text(text)
+        except LmlensError as exc:
+            exc.field = text_field
+            raise
+        chosen = self.analyzer.resolve_methods(list(methods))
+        given = params if isinstance(params, dict) else self.types.params_dict(params)
+        resolved = self.analyzer.resolve_params(chosen, given)
+        fingerprint = hashlib.sha256(
+            wire.to_msgpack(
+                [spec, text, [[m.name, wire.to_msgpack(resolved[m.name])] for m in chosen]]
+            )
+        ).hexdigest()
+        return Prepared(text, spec, chosen, resolved, fingerprint)
+
+    def prepare_batch(self, request: Any) -> list[Prepared]:
+        if len(request.texts) > self.config.max_batch_size:
+            raise BatchTooLargeError(
+                f"{len(request.texts)} texts; the limit is {self.config.max_batch_size}",
+                field="texts",
+            )
+        if request.batch_size > self.config.max_batch_size:
+            raise InvalidRequestError(
+                f"batch_size is at most {self.config.max_batch_size}", field="batch_size"
+            )
+        return [
+            self.prepare(text, request.model, request.methods, request.params, text_field=f"texts[{i}]")
+            for i, text in enumerate(request.texts)
+        ]
+
+    # --- cache (in a thread: Redis is I/O) -----------------------------------------------
+
+    def cached(self, prep: Prepared) -> AnalysisResult | None:
+        loaded = self._loaded.get(prep.model)
+        if loaded is None:
+            return None  # never loaded here: the pool loads it, and the analyzer asks the cache
+        # the analyzer's own key, so that a hit here is exactly a hit there
+        key = self.analyzer._cache_key(prep.text, loaded, prep.methods, prep.params)
+        hit = self.cache.cache.get(key)
+        if hit is None:
+            return None
+        result = wire.from_msgpack(hit, wire.result_type(m.result for m in prep.methods))
+        return msgspec.structs.replace(result, cached=True)
+
+    def _cached_encoded(self, prep: Prepared, msgpack: bool) -> bytes | None:
+        result = self.cached(prep)
+        return None if result is None else codec.encode(result, msgpack)
+
+    # --- model work (in the pool) ----------------------------------------------------------
+
+    def load(self, spec: str) -> LoadedModel:
+        loaded = self.analyzer.load_model(spec)
+        install_block_checks(loaded)
+        self._loaded[spec] = loaded
+        return loaded
+
+    def compute(self, prep: Prepared, notify: Notify) -> AnalysisResult:
+        self.load(prep.model)
+        return self.analyzer.analyze(
+            prep.text,
+            [m.name for m in prep.methods],
+            prep.params,
+            model=prep.model,
+            progress=notify,
+        )
+
+    def _compute_many(self, preps: list[Prepared], notify: Notify) -> list[AnalysisResult]:
+        return [self.compute(prep, notify) for prep in preps]
+
+    async def analyze(self, prep: Prepared, listener: Listener | None = None) -> AnalysisResult:
+        hit = await anyio.to_thread.run_sync(self.cached, prep)
+        if hit is not None:
+            return hit
+        return await self.pool.run(
+            prep.fingerprint, lambda notify: self.compute(prep, notify), listener=listener
+        )
+
+    async def analyze_encoded(self, prep: Prepared, msgpack: bool) -> bytes:
+        body = await anyio.to_thread.run_sync(self._cached_encoded, prep, msgpack)
+        if body is not None:
+            return body
+        result = await self.pool.run(prep.fingerprint, lambda notify: self.compute(prep, notify))
+        return await anyio.to_thread.run_sync(codec.encode, result, msgpack)  # big arrays: off the loop
+
+    async def analyze_batch(self, preps: list[Prepared], batch_size: int) -> list[AnalysisResult]:
+        """Chunks of ``batch_size`` texts, each one pool job, at most ``workers`` at a time."""
+        chunks = [preps[i : i + batch_size] for i in range(0, len(preps), batch_size)]
+        gate = asyncio.Semaphore(self.pool.workers)
+
+        async def run(chunk: list[Prepared]) -> list[AnalysisResult]:
+            async with gate:
+                key = hashlib.sha256("".join(p.fingerprint for p in chunk).encode()).hexdigest()
+                work: Callable[[Notify], list[AnalysisResult]] = lambda notify: self._compute_many(
+                    chunk, notify
+                )
+                return await self.pool.run(key, work)
+
+        tasks = [asyncio.ensure_future(run(chunk)) for chunk in chunks]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one chunk failed: the others' answers are not wanted
+                task.cancel()
+            raise
+        return [r for chunk_results in results for r in chunk_results]
+
+    async def preload(self) -> None:
+        for spec in self.config.preload:
+            if spec not in self.allowed:
+                raise ModelNotAllowedError(f"preload model {spec!r} is not in the allowlist", field="preload")
+            await self.pool.run(None, lambda notify, spec=spec: self.load(spec), timeout_s=600)
+
+    def loaded_models(self) -> list[str]:
+        return sorted(self._loaded.keys())
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        if self.cache.link is not None:
+            self.cache.link.close()

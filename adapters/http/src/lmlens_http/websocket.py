@@ -1,0 +1,105 @@
+"""``WS /ws``: analyses with progress events, one after another on one socket.
+
+The client sends ``{"type": "analyze", "text", "methods", ...}``; the server answers
+``progress`` events as the forward pass and each method start and end, then
+``complete`` with the result, or ``error`` with {code, message, field}. After an
+error the socket stays open for the next request. A text frame gets JSON back, a
+binary frame is read as MessagePack and answered in MessagePack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio.to_thread
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from lmlens_http import codec
+from lmlens_http.errors import body_of
+from lmlens_http.ratelimit import client_id
+from lmlens_http.schemas import ProgressData, WsComplete, WsError, WsProgress
+from lmlens_http.service import Service
+
+
+def progress_message(stage: str, method: str) -> ProgressData:
+    what = f"method {method}" if method else "forward pass"
+    verb = "started" if stage == "start" else "finished"
+    return ProgressData(message=f"{what} {verb}", method=method or None, stage="start" if stage == "start" else "end")
+
+
+class _Session:
+    def __init__(self, websocket: WebSocket, service: Service) -> None:
+        self.websocket = websocket
+        self.service = service
+
+    async def send(self, message: Any, msgpack: bool) -> None:
+        if msgpack:
+            await self.websocket.send_bytes(codec.encode(message, True))
+        else:
+            await self.websocket.send_text(codec.encode(message, False).decode())
+
+    async def handle(self, raw: bytes, msgpack: bool) -> None:
+        request_id = None
+        try:
+            request = codec.decode_bytes(raw, self.service.types.ws_analyze, msgpack=msgpack)
+            request_id = request.id
+            limiter = self.service.limiter
+            if limiter.enabled:
+                await anyio.to_thread.run_sync(limiter.check, client_id(self.websocket))
+            prep = self.service.prepare(request.text, request.model, request.methods, request.params)
+            await self.run(prep, request_id, msgpack)
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            _, body, _ = body_of(exc)
+            await self.send(WsError(data=body, id=request_id), msgpack)
+
+    async def run(self, prep: Any, request_id: str | None, msgpack: bool) -> None:
+        events: asyncio.Queue[WsProgress] = asyncio.Queue()
+
+        def listener(stage: str, method: str) -> None:
+            events.put_nowait(WsProgress(data=progress_message(stage, method), id=request_id))
+
+        task = asyncio.ensure_future(self.service.analyze(prep, listener=listener))
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    await self.send(getter.result(), msgpack)
+                else:
+                    getter.cancel()
+            while not events.empty():  # events scheduled before the result arrived
+                await self.send(events.get_nowait(), msgpack)
+            result = task.result()
+        finally:
+            if not task.done():
+                task.cancel()  # the client left: stop waiting, and the pool may cancel the work
+        body = await anyio.to_thread.run_sync(codec.encode, WsComplete(data=result, id=request_id), msgpack)
+        if msgpack:
+            await self.websocket.send_bytes(body)
+        else:
+            await self.websocket.send_text(body.decode())
+
+
+async def analyze_socket(websocket: WebSocket) -> None:
+    service: Service = websocket.app.state.service
+    await websocket.accept()
+    session = _Session(websocket, service)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is not None:
+                await session.handle(data, msgpack=True)
+            else:
+                await session.handle((message.get("text") or "").encode(), msgpack=False)
+    except WebSocketDisconnect:
+        return
+
+
+ROUTES = [WebSocketRoute("/ws", analyze_socket, name="ws")]
