@@ -1,0 +1,312 @@
+"""The plugin's methods: parameter and result Structs, needs, and run functions.
+
+The work lives in the concept modules (scores, probes, classification, importance,
+rollout); this module wires them to the kernel's Method contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Literal
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
+from lmlens.wire import Float32Array
+
+from lmlens_attention import classification, importance, rollout, scores
+from lmlens_attention.probes import PROBE_CACHE
+from lmlens_attention.selection import check_range, pick
+
+__version__ = "0.2.0"
+
+Int32Array = npt.NDArray[np.int32]
+
+
+def _tensor(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().numpy(force=True).astype(np.float32, copy=False)
+
+
+# --- attention ------------------------------------------------------------------------------
+
+
+class AttentionParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    layers: list[int] | None = None  # None: every layer; negative counts from the end
+    heads: list[int] | None = None  # None: every head
+    patterns: bool = True  # keep the full [q_pos, k_pos] maps (the per-head summaries are always kept)
+    top_k: int = 3  # attended tokens kept per query token
+
+
+class AttentionResult(Result, frozen=True, kw_only=True, tag="attention"):
+    layers: list[int]
+    heads: list[int]
+    patterns: Float32Array | None  # [layer, head, q_pos, k_pos], rows sum to 1
+    entropy: Float32Array  # [layer, head], nats, mean over query positions
+    sink_mass: Float32Array | None = None  # [layer, head]: mean share of attention on token 0
+    mean_distance: Float32Array | None = None  # [layer, head]: mean |q - k| weighted by attention
+    top_keys: Int32Array | None = None  # [layer, head, q_pos, top_k]: most attended key positions
+    top_weights: Float32Array | None = None  # [layer, head, q_pos, top_k]: their weights
+
+
+def attention_summary(pattern: torch.Tensor, causal: bool, top_k: int) -> dict[str, torch.Tensor]:
+    """[batch, head, q, k] -> per-head summaries; the map itself is not kept."""
+    top = torch.topk(pattern, k=min(top_k, pattern.shape[-1]), dim=-1, sorted=False)
+    weights, order = top.values.sort(dim=-1, descending=True)  # sorting k values, not n: cheaper
+    return {
+        "entropy": scores.attention_entropy(pattern),  # [batch, head]
+        "sink_mass": scores.sink_mass(pattern, causal),  # [batch, head]
+        "mean_distance": scores.mean_attention_distance(pattern, causal),  # [batch, head]
+        "top_keys": top.indices.gather(-1, order),  # [batch, head, q, top_k]
+        "top_weights": weights,  # [batch, head, q, top_k]
+    }
+
+
+def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
+    layers = pick(params.layers, info.n_layers, "layer", "attention")
+    pick(params.heads, info.n_heads, "head", "attention")
+    if not 1 <= params.top_k <= 64:
+        raise InvalidParamsError("top_k must be between 1 and 64", field="params.attention.top_k")
+    reducer = partial(attention_summary, causal=info.causal, top_k=params.top_k)
+    needs = []
+    for layer in layers:
+        point = f"blocks.{layer}.attn.pattern"
+        needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
+        if params.patterns:
+            needs.append(Need(point))
+    return needs
+
+
+def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
+    info = trace.model.info
+    layers = pick(params.layers, info.n_layers, "layer", "attention")
+    heads = pick(params.heads, info.n_heads, "head", "attention")
+    all_heads = len(heads) == info.n_heads and heads == sorted(heads)
+    index = torch.tensor(heads)
+    summaries = [trace[f"attention.summary.{layer}"] for layer in layers]
+
+    def gather(name: str) -> torch.Tensor:  # [layer, head, ...]
+        stacked = torch.stack([s[name][0] for s in summaries])
+        return stacked if all_heads else stacked.index_select(1, index)
+
+    patterns = None
+    if params.patterns:
+        maps = [trace[f"blocks.{layer}.attn.pattern"][0] for layer in layers]  # each [head, q, k]
+        stacked = torch.stack(maps) if all_heads else torch.stack([m.index_select(0, index) for m in maps])
+        patterns = _tensor(stacked)
+    return AttentionResult(
+        layers=layers,
+        heads=heads,
+        patterns=patterns,
+        entropy=_tensor(gather("entropy")),
+        sink_mass=_tensor(gather("sink_mass")),
+        mean_distance=_tensor(gather("mean_distance")),
+        top_keys=gather("top_keys").numpy(force=True).astype(np.int32),
+        top_weights=_tensor(gather("top_weights")),
+    )
+
+
+ATTENTION = Method(
+    name="attention",
+    description="attention patterns [layer, head, q, k]; per-head entropy, sink mass, mean "
+    "distance; top attended tokens per token",
+    params=AttentionParams,
+    result=AttentionResult,
+    needs=_attention_needs,
+    run=_attention_run,
+    version=__version__,
+)
+
+
+# --- head_patterns --------------------------------------------------------------------------
+
+
+class HeadPatternsParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    corpus: list[str] = []  # more texts to classify over (beside the analysed text)
+    probe_length: int = 32  # length of the random run that the probe repeats
+    probe_batch: int = 8  # probe sequences, all in one batched pass
+    seed: int = 0  # of the probe's random tokens
+    window: int = 3  # tokens either side that count as local
+    threshold: float = 0.4  # a category's score that makes it a head's label
+    max_corpus_tokens: int = 512  # corpus texts are cut to this many tokens
+
+
+class HeadPatternsResult(Result, frozen=True, kw_only=True, tag="head_patterns"):
+    layers: list[int]
+    heads: list[int]
+    categories: list[str]  # rows of ``scores`` and ``spread``
+    scores: Float32Array  # [category, layer, head] in [0, 1]
+    spread: Float32Array  # [category, layer, head]: standard deviation over texts / probe sequences
+    labels: list[list[str]]  # [layer][head]: the best category above threshold, else "mixed"
+    confidence: Float32Array  # [layer, head]: share of samples that agree with the label
+    induction_heads: list[list[int]]  # [layer, head] pairs with induction >= threshold, strongest first
+    n_texts: int
+    n_probe_sequences: int
+    probe_cached: bool  # the probe scores came from the cache, not a new pass
+
+
+def _check_head_patterns(info: ModelInfo, params: HeadPatternsParams) -> None:
+    limit = (info.max_positions or 4096) // 2 - 2
+    check_range(params.probe_length, 4, min(limit, 512), "probe_length", "head_patterns")
+    check_range(params.probe_batch, 1, 64, "probe_batch", "head_patterns")
+    check_range(params.window, 1, 64, "window", "head_patterns")
+    check_range(params.threshold, 0.01, 1.0, "threshold", "head_patterns")
+    check_range(params.max_corpus_tokens, 2, info.max_positions or 4096, "max_corpus_tokens", "head_patterns")
+    if len(params.corpus) > 256:
+        raise InvalidParamsError("at most 256 corpus texts", field="params.head_patterns.corpus")
+    if any(not t.strip() for t in params.corpus):
+        raise InvalidParamsError("corpus texts must not be empty", field="params.head_patterns.corpus")
+
+
+def _head_patterns_needs(info: ModelInfo, params: HeadPatternsParams) -> Sequence[Need]:
+    _check_head_patterns(info, params)
+    return classification.text_needs(info, params.window, "head_patterns.text")
+
+
+def _head_patterns_run(trace: Trace, params: HeadPatternsParams) -> HeadPatternsResult:
+    loaded = trace.model
+    info = loaded.info
+    text = classification.stack_layers([trace[f"head_patterns.text.{i}"] for i in range(info.n_layers)])
+    if params.corpus:
+        more = classification.corpus_text_scores(loaded, params.corpus, params.window, params.max_corpus_tokens)
+        text = np.concatenate([text, more])
+    probe, cached = PROBE_CACHE.scores(loaded, params.probe_length, params.probe_batch, params.seed)
+    found = classification.classify(text, probe, params.threshold)
+    induction = found.scores[classification.CATEGORIES.index("induction")]  # [layer, head]
+    order = np.argsort(-induction, axis=None)
+    induction_heads = [
+        [int(i), int(h)]
+        for i, h in zip(*np.unravel_index(order, induction.shape), strict=True)
+        if induction[i, h] >= params.threshold
+    ]
+    return HeadPatternsResult(
+        layers=list(range(info.n_layers)),
+        heads=list(range(info.n_heads)),
+        categories=list(classification.CATEGORIES),
+        scores=found.scores,
+        spread=found.spread,
+        labels=found.labels,
+        confidence=found.confidence,
+        induction_heads=induction_heads,
+        n_texts=int(text.shape[0]),
+        n_probe_sequences=int(probe.shape[0]),
+        probe_cached=cached,
+    )
+
+
+HEAD_PATTERNS = Method(
+    name="head_patterns",
+    description="classify every head: previous-token, induction, duplicate-token, positional, "
+    "sink, and local vs global, with scores in [0, 1] and a per-head confidence",
+    params=HeadPatternsParams,
+    result=HeadPatternsResult,
+    needs=_head_patterns_needs,
+    run=_head_patterns_run,
+    version=__version__,
+)
+
+
+# --- head_importance ------------------------------------------------------------------------
+
+
+class HeadImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ablations: list[Literal["zero", "mean"]] = msgspec.field(default_factory=lambda: ["zero", "mean"])
+    layers: list[int] | None = None  # None: every layer
+    batch_size: int = 8  # ablated copies of the text per forward pass
+
+
+class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importance"):
+    layers: list[int]
+    heads: list[int]
+    metric: str  # "next_token_loss" (nats/token, causal LMs) or "final_state_change" (encoders)
+    clean: float  # the metric without ablation (0 for final_state_change)
+    zero: Float32Array | None  # [layer, head]: metric with the head zeroed, minus clean
+    mean: Float32Array | None  # [layer, head]: metric with the head's output replaced by its mean
+    n_passes: int  # forward passes used, the clean one included
+
+
+def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence[Need]:
+    pick(params.layers, info.n_layers, "layer", "head_importance")
+    check_range(params.batch_size, 1, 512, "batch_size", "head_importance")
+    if not params.ablations:
+        raise InvalidParamsError("ask for at least one ablation", field="params.head_importance.ablations")
+    return []  # the ablation passes are the method's own
+
+
+def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanceResult:
+    info = trace.model.info
+    layers = pick(params.layers, info.n_layers, "layer", "head_importance")
+    kinds = list(dict.fromkeys(params.ablations))
+    found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
+    return HeadImportanceResult(
+        layers=layers,
+        heads=list(range(info.n_heads)),
+        metric=found.metric,
+        clean=found.clean,
+        zero=found.effects.get("zero"),
+        mean=found.effects.get("mean"),
+        n_passes=found.n_passes,
+    )
+
+
+HEAD_IMPORTANCE = Method(
+    name="head_importance",
+    description="effect of each head on the loss over the text, by zero and mean ablation "
+    "in batched passes",
+    params=HeadImportanceParams,
+    result=HeadImportanceResult,
+    needs=_importance_needs,
+    run=_importance_run,
+    version=__version__,
+)
+
+
+# --- attention_rollout ----------------------------------------------------------------------
+
+
+class RolloutParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    residual: bool = True  # add the identity for the residual stream (Abnar and Zuidema)
+    head_fusion: Literal["mean", "max", "min"] = "mean"
+    per_layer: bool = False  # also return the rollout after every layer
+
+
+class RolloutResult(Result, frozen=True, kw_only=True, tag="attention_rollout"):
+    residual: bool
+    head_fusion: str
+    rollout: Float32Array  # [q_pos, k_pos]: share of output position q drawn from input token k
+    per_layer: Float32Array | None  # [layer, q_pos, k_pos]: the rollout up to each layer
+
+
+def _rollout_needs(info: ModelInfo, params: RolloutParams) -> Sequence[Need]:
+    reducer = rollout.fusion_reducer(params.head_fusion)
+    return [
+        Need(f"blocks.{i}.attn.pattern", reducer, name=f"attention_rollout.fused.{i}")
+        for i in range(info.n_layers)
+    ]
+
+
+def _rollout_run(trace: Trace, params: RolloutParams) -> RolloutResult:
+    fused = [trace[f"attention_rollout.fused.{i}"][0] for i in range(trace.model.info.n_layers)]
+    rolled = rollout.attention_rollout(fused, params.residual)  # [layer, q, k] float64
+    return RolloutResult(
+        residual=params.residual,
+        head_fusion=params.head_fusion,
+        rollout=_tensor(rolled[-1]),
+        per_layer=_tensor(rolled) if params.per_layer else None,
+    )
+
+
+ATTENTION_ROLLOUT = Method(
+    name="attention_rollout",
+    description="attention rollout with the residual term (Abnar and Zuidema 2020)",
+    params=RolloutParams,
+    result=RolloutResult,
+    needs=_rollout_needs,
+    run=_rollout_run,
+    version=__version__,
+)
+
+METHODS = (ATTENTION, HEAD_PATTERNS, HEAD_IMPORTANCE, ATTENTION_ROLLOUT)

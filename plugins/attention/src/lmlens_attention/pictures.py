@@ -1,0 +1,144 @@
+"""Bokeh figures of attention results, reusable by a dashboard panel.
+
+Maps are drawn with the ``image`` glyph: one packed float32 array per map, so a
+128-token head costs 64 kB in the page rather than 16,384 glyphs, and the hover
+resolves token labels in the browser from one shared list of tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from bokeh.layouts import gridplot
+from bokeh.models import ColorBar, CustomJSHover, HoverTool, LinearColorMapper, Range1d
+from bokeh.palettes import Viridis256
+from bokeh.plotting import figure
+
+from lmlens import Token
+
+_LABEL = CustomJSHover(code="const i = Math.floor(value); return (i in labels) ? labels[i] : '';")
+
+
+def token_labels(tokens: Sequence[Token]) -> list[str]:
+    """'3: cat' for each token; special tokens show their vocabulary piece."""
+    labels = []
+    for i, token in enumerate(tokens):
+        shown = token.text or token.piece
+        labels.append(f"{i}: {shown!r}"[:40])
+    return labels
+
+
+def _label_formatter(labels: list[str]) -> CustomJSHover:
+    return CustomJSHover(code=_LABEL.code, args={"labels": labels})
+
+
+def pattern_figure(
+    pattern: np.ndarray,  # [q_pos, k_pos]
+    tokens: Sequence[Token],
+    title: str,
+    *,
+    size: int = 560,
+    hover: bool = True,
+    axes: bool = True,
+) -> figure:
+    """One attention map: queries down, keys across; hover shows the token pair and weight."""
+    n_q, n_k = pattern.shape
+    labels = token_labels(tokens)
+    fig = figure(
+        title=title,
+        width=size,
+        height=size,
+        x_range=Range1d(0, n_k),
+        y_range=Range1d(n_q, 0),  # query 0 at the top, like the matrix
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        toolbar_location="right" if axes else None,
+    )
+    mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=max(float(pattern.max()), 1e-6))
+    fig.image(image=[np.ascontiguousarray(pattern, dtype=np.float32)], x=0, y=0, dw=n_k, dh=n_q,
+              color_mapper=mapper)
+    if hover:
+        formatter = _label_formatter(labels)
+        fig.add_tools(
+            HoverTool(
+                tooltips=[("query", "$y{custom}"), ("key", "$x{custom}"), ("weight", "@image{0.0000}")],
+                formatters={"$x": formatter, "$y": formatter},
+            )
+        )
+    if axes and n_q <= 64:
+        names = {i + 0.5: labels[i].split(": ", 1)[1] for i in range(min(n_q, len(labels)))}
+        fig.yaxis.ticker = list(names)
+        fig.yaxis.major_label_overrides = names  # type: ignore[assignment]
+        fig.xaxis.ticker = list(names)
+        fig.xaxis.major_label_overrides = names  # type: ignore[assignment]
+        fig.xaxis.major_label_orientation = 1.2
+    if axes:
+        fig.xaxis.axis_label = "key"
+        fig.yaxis.axis_label = "query"
+        fig.add_layout(ColorBar(color_mapper=mapper, width=8), "right")
+    else:
+        fig.axis.visible = False
+    return fig
+
+
+def head_grid(
+    patterns: np.ndarray,  # [head, q_pos, k_pos]
+    tokens: Sequence[Token],
+    heads: Sequence[int],
+    layer: int,
+    *,
+    columns: int = 4,
+    size: int = 220,
+) -> object:
+    """Every head of one layer as small multiples that pan and zoom together."""
+    figures = []
+    shared: figure | None = None
+    for i, head in enumerate(heads):
+        fig = pattern_figure(patterns[i], tokens, f"layer {layer} head {head}", size=size, axes=False)
+        if shared is None:
+            shared = fig
+        else:
+            fig.x_range, fig.y_range = shared.x_range, shared.y_range
+        figures.append(fig)
+    return gridplot(figures, ncols=columns, toolbar_location="right")
+
+
+def score_map(
+    values: np.ndarray,  # [layer, head]
+    layers: Sequence[int],
+    heads: Sequence[int],
+    title: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    palette: Sequence[str] = Viridis256,
+) -> figure:
+    """A layer x head map of any per-head score (entropy, induction, importance, ...)."""
+    n_layers, n_heads = values.shape
+    fig = figure(
+        title=title,
+        width=max(260, 40 * n_heads + 120),
+        height=max(220, 18 * n_layers + 80),
+        x_range=Range1d(0, n_heads),
+        y_range=Range1d(n_layers, 0),
+        tools="hover,save,reset",
+        toolbar_location="right",
+    )
+    lo = float(np.nanmin(values)) if low is None else low
+    hi = float(np.nanmax(values)) if high is None else high
+    mapper = LinearColorMapper(palette=list(palette), low=lo, high=hi if hi > lo else lo + 1e-6)
+    fig.image(image=[np.ascontiguousarray(values, dtype=np.float32)], x=0, y=0, dw=n_heads, dh=n_layers,
+              color_mapper=mapper)
+    layer_names = [str(i) for i in layers]
+    head_names = [str(h) for h in heads]
+    hover = fig.select_one(HoverTool)
+    hover.tooltips = [("layer", "$y{custom}"), ("head", "$x{custom}"), ("value", "@image{0.0000}")]
+    hover.formatters = {"$y": _label_formatter(layer_names), "$x": _label_formatter(head_names)}
+    fig.xaxis.ticker = [h + 0.5 for h in range(n_heads)]
+    fig.xaxis.major_label_overrides = {h + 0.5: name for h, name in enumerate(head_names)}  # type: ignore[misc]
+    fig.yaxis.ticker = [i + 0.5 for i in range(n_layers)]
+    fig.yaxis.major_label_overrides = {i + 0.5: name for i, name in enumerate(layer_names)}  # type: ignore[misc]
+    fig.xaxis.axis_label = "head"
+    fig.yaxis.axis_label = "layer"
+    fig.add_layout(ColorBar(color_mapper=mapper, width=8), "right")
+    return fig
