@@ -36,13 +36,14 @@ ERRORS = {
 
 
 def _rewrite_refs(node: Any) -> Any:
+    """msgspec points at ``#/$defs/``; OpenAPI keeps schemas under components (refs and
+    discriminator mappings alike)."""
     if isinstance(node, dict):
-        return {
-            k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _rewrite_refs(v))
-            for k, v in node.items()
-        }
+        return {k: _rewrite_refs(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_rewrite_refs(v) for v in node]
+    if isinstance(node, str) and node.startswith("#/$defs/"):
+        return "#/components/schemas/" + node.removeprefix("#/$defs/")
     return node
 
 

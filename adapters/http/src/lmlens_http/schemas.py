@@ -12,19 +12,6 @@ import msgspec
 
 from lmlens.wire import AnalysisResult, ErrorBody, PluginInfo
 
-NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
-
-
-class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    texts: Annotated[list[str], msgspec.Meta(min_length=1)]
-    model: str | None = None
-    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
-    params: dict[str, dict[str, Any]] = {}
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 8  # texts per pool job
-
-
-class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
-    results: list[AnalysisResult]
 
 
 class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,15 +48,6 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- WebSocket messages ------------------------------------------------------------------
-
-
-class WsAnalyze(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="analyze",
-                tag_field="type"):
-    text: str
-    model: str | None = None
-    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
-    params: dict[str, dict[str, Any]] = {}
-    id: str | None = None  # echoed back on every message about this request
 
 
 class ProgressData(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,7 +106,8 @@ class RequestTypes:
             [
                 ("texts", Annotated[list[str], msgspec.Meta(min_length=1)]),
                 *common,
-                ("batch_size", Annotated[int, msgspec.Meta(ge=1)], 8),
+                # texts per pool job; None: min(8, max_batch_size)
+                ("batch_size", Annotated[int, msgspec.Meta(ge=1)] | None, None),
             ],
             **options,
         )

@@ -104,7 +104,7 @@ class Service:
                 f"{len(request.texts)} texts; the limit is {self.config.max_batch_size}",
                 field="texts",
             )
-        if request.batch_size > self.config.max_batch_size:
+        if request.batch_size is not None and request.batch_size > self.config.max_batch_size:
             raise InvalidRequestError(
                 f"batch_size is at most {self.config.max_batch_size}", field="batch_size"
             )
@@ -167,8 +167,9 @@ class Service:
         result = await self.pool.run(prep.fingerprint, lambda notify: self.compute(prep, notify))
         return await anyio.to_thread.run_sync(codec.encode, result, msgpack)  # big arrays: off the loop
 
-    async def analyze_batch(self, preps: list[Prepared], batch_size: int) -> list[AnalysisResult]:
+    async def analyze_batch(self, preps: list[Prepared], batch_size: int | None) -> list[AnalysisResult]:
         """Chunks of ``batch_size`` texts, each one pool job, at most ``workers`` at a time."""
+        batch_size = batch_size or min(8, self.config.max_batch_size)
         chunks = [preps[i : i + batch_size] for i in range(0, len(preps), batch_size)]
         gate = asyncio.Semaphore(self.pool.workers)
 
