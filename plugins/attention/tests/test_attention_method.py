@@ -1,0 +1,92 @@
+"""The ``attention`` method against the model's own ``output_attentions``, in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmlens import AnalysisResult, InvalidParamsError, LoadedModel, wire
+from lmlens_attention import AttentionResult
+
+TEXT = "Attention is all you need, said the paper; attention is what we measure."
+
+
+def reference_attentions(loaded: LoadedModel, text: str) -> np.ndarray:
+    """[layer, head, q, k] float64 straight from the model."""
+    ids = loaded.tokenizer(text, return_tensors="pt").input_ids
+    loaded.set_eager_attention(True)
+    with torch.inference_mode():
+        out = loaded.model(ids, output_attentions=True)
+    return torch.stack([a[0] for a in out.attentions]).double().numpy()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_fields_match_an_independent_float64_computation(tiny_analyzer, tiny_models, family: str) -> None:
+    loaded = tiny_models[family]
+    result = tiny_analyzer(family).analyze(TEXT, methods=["attention"], params={"attention": {"top_k": 4}})
+    att = result.methods["attention"]
+    assert isinstance(att, AttentionResult)
+    ref = reference_attentions(loaded, TEXT)  # [layer, head, q, k]
+    n_layers, n_heads, n, _ = ref.shape
+    assert att.layers == list(range(n_layers)) and att.heads == list(range(n_heads))
+    np.testing.assert_allclose(att.patterns, ref, atol=1e-6)
+
+    entropy = -(ref * np.log(np.where(ref > 0, ref, 1.0))).sum(-1).mean(-1)
+    np.testing.assert_allclose(att.entropy, entropy, rtol=1e-4, atol=1e-5)
+    q, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    distance = (ref * np.abs(q - k)).sum(-1).mean(-1)
+    np.testing.assert_allclose(att.mean_distance, distance, rtol=1e-4, atol=1e-5)
+    free = 1 if loaded.info.causal else 0
+    np.testing.assert_allclose(att.sink_mass, ref[..., free:, 0].mean(-1), rtol=1e-5, atol=1e-6)
+
+    order = np.argsort(-ref, axis=-1, kind="stable")[..., :4]
+    weights = np.take_along_axis(ref, order, -1)
+    np.testing.assert_allclose(att.top_weights, weights, atol=1e-6)
+    picked = np.take_along_axis(ref, att.top_keys.astype(np.int64), -1)  # ties may pick either key
+    np.testing.assert_allclose(picked, weights, atol=1e-6)
+    assert att.top_keys.dtype == np.int32 and att.top_keys.shape == (n_layers, n_heads, n, 4)
+
+
+def test_subset_of_layers_and_heads(tiny_analyzer, tiny_models) -> None:
+    params = {"attention": {"layers": [-1], "heads": [2, 0], "top_k": 2}}
+    att = tiny_analyzer("llama").analyze(TEXT, methods=["attention"], params=params).methods["attention"]
+    ref = reference_attentions(tiny_models["llama"], TEXT)
+    assert att.layers == [1] and att.heads == [2, 0]
+    np.testing.assert_allclose(att.patterns, ref[[1]][:, [2, 0]], atol=1e-6)
+    assert att.entropy.shape == att.sink_mass.shape == att.mean_distance.shape == (1, 2)
+    assert att.top_keys.shape[:2] == (1, 2)
+
+
+def test_without_patterns_the_summaries_remain(tiny_analyzer) -> None:
+    att = tiny_analyzer("gpt2").analyze(TEXT, methods=["attention"], params={"attention": {"patterns": False}})
+    att = att.methods["attention"]
+    assert att.patterns is None
+    assert att.entropy.shape == (2, 4) and att.top_weights is not None
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"layers": [7]}, "params.attention.layers"),
+        ({"heads": [-9]}, "params.attention.heads"),
+        ({"top_k": 0}, "params.attention.top_k"),
+        ({"layers": []}, "params.attention.layers"),
+    ],
+)
+def test_bad_params_are_typed_errors(tiny_analyzer, params: dict, field: str) -> None:
+    with pytest.raises(InvalidParamsError) as info:
+        tiny_analyzer("gpt2").analyze(TEXT, methods=["attention"], params={"attention": params})
+    assert info.value.code == "invalid_params" and info.value.field == field
+
+
+def test_result_survives_json_and_msgpack(tiny_analyzer) -> None:
+    result = tiny_analyzer("bert").analyze(TEXT, methods=["attention"])
+    typed = wire.result_type([AttentionResult])
+    for encoded, decode in ((wire.to_msgpack(result), wire.from_msgpack), (wire.to_json(result), wire.from_json)):
+        back = decode(encoded, typed)
+        assert isinstance(back, AnalysisResult)
+        att, orig = back.methods["attention"], result.methods["attention"]
+        np.testing.assert_array_equal(att.patterns, orig.patterns)
+        np.testing.assert_array_equal(att.top_keys, orig.top_keys)
+        assert att.top_keys.dtype == np.int32

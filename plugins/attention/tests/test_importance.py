@@ -1,0 +1,123 @@
+"""head_importance against one-head-at-a-time ablations done on a copy of the weights.
+
+The reference never hooks anything: zero ablation zeroes the head's columns of the
+output projection; mean ablation also moves the head's mean contribution into the
+projection's bias. The loss is the model's own ``labels=`` loss.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lmlens import InvalidParamsError, LoadedModel
+from lmlens_attention import HeadImportanceResult
+
+TEXT = "Heads that matter change the loss when they are gone."
+PROJ = {"gpt2": "attn.c_proj", "llama": "self_attn.o_proj", "bert": "attention.output.dense"}
+
+
+def head_columns(proj: nn.Module, head: int, d_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [d_model, d_head], input slice) of one head, for Linear and GPT-2's Conv1D."""
+    cols = slice(head * d_head, (head + 1) * d_head)
+    if isinstance(proj, nn.Linear):
+        return proj.weight[:, cols], proj.weight
+    return proj.weight[cols, :].T, proj.weight  # Conv1D: weight is [in, out]
+
+
+def ablate_copy(loaded: LoadedModel, layer: int, head: int, mean_input: torch.Tensor | None) -> nn.Module:
+    model = copy.deepcopy(loaded.model)
+    blocks = model.get_submodule(loaded.modules.prefix + loaded.arch.blocks)
+    proj = blocks[layer].get_submodule(PROJ[loaded.info.family])
+    d = loaded.info.d_head
+    cols = slice(head * d, (head + 1) * d)
+    with torch.no_grad():
+        w_head, _ = head_columns(proj, head, d)
+        shift = w_head @ mean_input[cols] if mean_input is not None else None  # [d_model]
+        if isinstance(proj, nn.Linear):
+            proj.weight[:, cols] = 0
+        else:
+            proj.weight[cols, :] = 0
+        if shift is not None:
+            if proj.bias is None:
+                proj.bias = nn.Parameter(torch.zeros(proj.weight.shape[0]))
+            proj.bias += shift
+    return model
+
+
+def mean_inputs(loaded: LoadedModel, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's projection input, averaged over positions, recorded with plain hooks."""
+    got: list[torch.Tensor] = []
+    handles = [
+        blk.get_submodule(PROJ[loaded.info.family]).register_forward_pre_hook(
+            lambda m, args: got.append(args[0][0].mean(0))
+        )
+        for blk in loaded.modules.blocks
+    ]
+    try:
+        with torch.no_grad():
+            loaded.model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_batched_ablation_equals_weight_surgery(tiny_analyzer, tiny_models, family: str) -> None:
+    loaded = tiny_models[family]
+    params = {"head_importance": {"batch_size": 3}}
+    hi = tiny_analyzer(family).analyze(TEXT, methods=["head_importance"], params=params).methods["head_importance"]
+    assert isinstance(hi, HeadImportanceResult) and hi.metric == "next_token_loss"
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        clean = loaded.model(ids, labels=ids).loss.item()
+    assert hi.clean == pytest.approx(clean, abs=1e-5)
+    means = mean_inputs(loaded, ids)
+    for layer in range(2):
+        for head in range(4):
+            with torch.no_grad():
+                zero = ablate_copy(loaded, layer, head, None)(ids, labels=ids).loss.item()
+                mean = ablate_copy(loaded, layer, head, means[layer])(ids, labels=ids).loss.item()
+            assert hi.zero[layer, head] == pytest.approx(zero - clean, abs=2e-5)
+            assert hi.mean[layer, head] == pytest.approx(mean - clean, abs=2e-5)
+    assert hi.n_passes == 1 + -(-16 // 3)  # 2 kinds x 8 heads in batches of 3, plus the clean pass
+    assert np.abs(hi.zero).max() > 1e-3  # ablations do something on a random model
+
+
+def test_encoder_uses_final_state_change(tiny_analyzer, tiny_models) -> None:
+    loaded = tiny_models["bert"]
+    params = {"head_importance": {"ablations": ["zero"], "layers": [0]}}
+    hi = tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params).methods["head_importance"]
+    assert hi.metric == "final_state_change" and hi.mean is None and hi.zero.shape == (1, 4)
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        clean = loaded.model(ids).last_hidden_state[0].double()
+        for head in range(4):
+            out = ablate_copy(loaded, 0, head, None)(ids).last_hidden_state[0].double()
+            ref = ((out - clean).norm(dim=-1) / clean.norm(dim=-1)).mean().item()
+            assert hi.zero[0, head] == pytest.approx(ref, rel=1e-4, abs=1e-6)
+
+
+def test_batch_size_does_not_change_the_answer(tiny_analyzer) -> None:
+    analyzer = tiny_analyzer("llama")
+    one = analyzer.analyze(TEXT, methods=["head_importance"], params={"head_importance": {"batch_size": 1}})
+    many = analyzer.analyze(TEXT, methods=["head_importance"], params={"head_importance": {"batch_size": 16}})
+    a, b = one.methods["head_importance"], many.methods["head_importance"]
+    np.testing.assert_allclose(a.zero, b.zero, atol=2e-5)
+    np.testing.assert_allclose(a.mean, b.mean, atol=2e-5)
+    assert (a.n_passes, b.n_passes) == (17, 2)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"ablations": []}, "params.head_importance.ablations"), ({"batch_size": 0}, "params.head_importance.batch_size")],
+)
+def test_bad_params_are_typed_errors(tiny_analyzer, params: dict, field: str) -> None:
+    with pytest.raises(InvalidParamsError) as info:
+        tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"], params={"head_importance": params})
+    assert info.value.field == field
