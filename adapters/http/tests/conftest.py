@@ -7,66 +7,23 @@ tests see. ``test_plugin`` adds methods whose timing the tests control.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import uvicorn
 
 from lmlens import Method, Need, Result, hookimpl
 from lmlens.plugins import PluginHost
 from lmlens_http import ServiceConfig, create_app
-from lmlens_redis.testing import free_port, redis_server  # noqa: F401
+from lmlens_http.testing import Server, running, tiny_config
+from lmlens_redis.testing import redis_server  # noqa: F401
 
-TINY = ["tiny-gpt2", "tiny-llama", "tiny-bert"]
-
-
-class Server:
-    def __init__(self, app: Any, server: uvicorn.Server, port: int) -> None:
-        self.app = app
-        self.server = server
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/ws"
-
-    @property
-    def service(self) -> Any:
-        return self.app.state.service
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
-
-
-@contextmanager
-def running(app: Any) -> Iterator[Server]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    try:
-        yield Server(app, server, port)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def config(**overrides: Any) -> ServiceConfig:
-    values: dict[str, Any] = {"models": TINY, "default_model": "tiny-gpt2", "preload": ["tiny-gpt2"],
-                              "rate_limit": 0}
-    values.update(overrides)
-    return ServiceConfig(**values)
+    return tiny_config(**overrides)
 
 
 # --- a test plugin: methods whose timing the tests control -----------------------------------

@@ -145,3 +145,11 @@ def test_batch_limits_and_field_paths(make_server, plain_host) -> None:
     assert (empty_one.status_code, empty_one.json()["field"]) == (400, "texts[1]")
     assert (no_texts.status_code, no_texts.json()["field"]) == (422, "texts")
     assert (big_chunk.status_code, big_chunk.json()["field"]) == (422, "batch_size")
+
+
+def test_integer_beyond_64_bits_is_a_422_not_a_500(server) -> None:
+    # found by the schemathesis fuzz: JSON allows it, the cache key cannot hold it
+    with server.client() as client:
+        response = client.post("/analyze", json={"text": "x", "params": {"attention": {"layers": [2**70]}}})
+    assert response.status_code == 422
+    assert response.json()["field"] == "params.attention"

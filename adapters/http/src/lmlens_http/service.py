@@ -91,11 +91,16 @@ class Service:
         chosen = self.analyzer.resolve_methods(list(methods))
         given = params if isinstance(params, dict) else self.types.params_dict(params)
         resolved = self.analyzer.resolve_params(chosen, given)
-        fingerprint = hashlib.sha256(
-            wire.to_msgpack(
-                [spec, text, [[m.name, wire.to_msgpack(resolved[m.name])] for m in chosen]]
-            )
-        ).hexdigest()
+        encoded_params = []
+        for method in chosen:
+            try:
+                encoded_params.append([method.name, wire.to_msgpack(resolved[method.name])])
+            except OverflowError:
+                # JSON allows any integer; the cache key (MessagePack) holds 64 bits
+                raise InvalidRequestError(
+                    "a number is out of the 64-bit range", field=f"params.{method.name}"
+                ) from None
+        fingerprint = hashlib.sha256(wire.to_msgpack([spec, text, encoded_params])).hexdigest()
         return Prepared(text, spec, chosen, resolved, fingerprint)
 
     def prepare_batch(self, request: Any) -> list[Prepared]:
