@@ -85,3 +85,27 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("error [empty_text]: text is empty or only whitespace")
     assert "Traceback" not in proc.stderr
+
+
+def test_analyze_document_stitches_and_writes(run, tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("A long document. " * 20)  # 340 byte tokens
+    out = tmp_path / "doc.json"
+    result = run("analyze-document", str(doc), "--model", "tiny-gpt2", "-m", "surprisal",
+                 "--window-size", "128", "--stride", "64", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["n_tokens"] == 340 and len(written["windows"]) == 5
+    assert len(written["per_token"]["surprisal"]["bits"]) == 340
+
+
+def test_analyze_document_missing_file(run) -> None:
+    result = run("analyze-document", "/no/such/file.txt", "--model", "tiny-gpt2")
+    assert result.exit_code == 2 and "no file" in result.output
+
+
+def test_estimate_prints_a_breakdown(run) -> None:
+    result = run("estimate", "hello world", "--model", "tiny-llama", "--window-size", "4", "--stride", "2")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["n_windows"] == 5 and found["memory_estimate_gb"]["total_gb"] > 0

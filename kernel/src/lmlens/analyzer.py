@@ -12,18 +12,22 @@ import torch
 from lmlens import wire
 from lmlens.cache import Cache, MethodKey, cache_key
 from lmlens.capture import Need
+from lmlens.chunking import DocumentResult
 from lmlens.errors import (
     EmptyTextError,
     InvalidParamsError,
     LmlensError,
+    MemoryLimitError,
     MethodFailedError,
     TextTooLongError,
 )
+from lmlens.estimate import DEFAULT_FLOPS_PER_SECOND, ProcessingEstimate, estimate, forward_flops
 from lmlens.forward import run_forward
 from lmlens.method import Method, Trace
 from lmlens.models import LoadedModel, LoadOptions, ModelStore
 from lmlens.plugins import PluginHost
 from lmlens.settings import Settings
+from lmlens.streaming import DocumentStream, collect_document
 from lmlens.wire import AnalysisResult, ModelRef, Result, Token
 
 Progress = Callable[[str, str], None]
@@ -56,6 +60,7 @@ class Analyzer:
         self.device = device or self.settings.device
         self.dtype = dtype or self.settings.dtype
         self._model: LoadedModel | None = model if isinstance(model, LoadedModel) else None
+        self._flops_per_second: dict[str, float] = {}
         self.model_spec = model if isinstance(model, str) else self.settings.default_model
 
     # --- models ------------------------------------------------------------------------
@@ -88,16 +93,14 @@ class Analyzer:
 
     # --- validation --------------------------------------------------------------------
 
-    def check_text(self, text: object) -> str:
+    def check_text(self, text: object, *, limit: int | None = None) -> str:
+        limit = limit or self.settings.max_text_chars
         if not isinstance(text, str):
             raise InvalidParamsError(f"text must be a string, not {type(text).__name__}", field="text")
         if not text.strip():
             raise EmptyTextError("text is empty or only whitespace", field="text")
-        if len(text) > self.settings.max_text_chars:
-            raise TextTooLongError(
-                f"text has {len(text)} characters; the limit is {self.settings.max_text_chars}",
-                field="text",
-            )
+        if len(text) > limit:
+            raise TextTooLongError(f"text has {len(text)} characters; the limit is {limit}", field="text")
         return text
 
     def resolve_methods(self, methods: object) -> list[Method]:
@@ -174,6 +177,7 @@ class Analyzer:
         resolved = self.resolve_params(chosen, params)
         loaded = self.load_model(model)
         input_ids, tokens = self.tokenize(loaded, text)
+        self.check_memory(loaded, chosen, resolved, n_tokens=len(tokens))
 
         key = None
         if self.cache is not None and use_cache:
@@ -183,6 +187,21 @@ class Analyzer:
                 result = wire.from_msgpack(hit, wire.result_type(m.result for m in chosen))
                 return msgspec.structs.replace(result, cached=True)
 
+        result = self._run_pass(loaded, text, input_ids, tokens, chosen, resolved, progress)
+        if key is not None and self.cache is not None:
+            self.cache.set(key, wire.to_msgpack(result))
+        return result
+
+    def _run_pass(
+        self,
+        loaded: LoadedModel,
+        text: str,
+        input_ids: torch.Tensor,  # [1, pos]
+        tokens: list[Token],
+        chosen: Sequence[Method],
+        resolved: Mapping[str, Any],
+        progress: Progress | None,
+    ) -> AnalysisResult:
         timings: dict[str, float] = {}
         needs: list[Need] = []
         for method in chosen:
@@ -191,11 +210,12 @@ class Analyzer:
         notify("start", "")
         started = time.perf_counter()
         activations = run_forward(loaded, needs, input_ids=input_ids) if needs else {}
-        timings["forward"] = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        timings["forward"] = elapsed * 1000
+        if needs:
+            self._flops_per_second[loaded.name] = forward_flops(loaded.info, len(tokens)) / max(elapsed, 1e-6)
         notify("end", "")
-        trace = Trace(
-            model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations
-        )
+        trace = Trace(model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations)
         results: dict[str, Result] = {}
         for method in chosen:
             notify("start", method.name)
@@ -203,16 +223,135 @@ class Analyzer:
             results[method.name] = self._run_method(method, trace, resolved[method.name])
             timings[method.name] = (time.perf_counter() - started) * 1000
             notify("end", method.name)
-        result = AnalysisResult(
+        return AnalysisResult(
             model=ModelRef(name=loaded.name, revision=loaded.revision, family=loaded.info.family),
             text=text,
             tokens=tokens,
             methods=results,
             timings_ms=timings,
         )
-        if key is not None and self.cache is not None:
-            self.cache.set(key, wire.to_msgpack(result))
-        return result
+
+    # --- memory ------------------------------------------------------------------------
+
+    def _estimate(
+        self,
+        loaded: LoadedModel,
+        chosen: Sequence[Method],
+        resolved: dict[str, Any],
+        *,
+        n_tokens: int,
+        window_size: int | None = None,
+        stride: int | None = None,
+    ) -> ProcessingEstimate:
+        return estimate(
+            loaded.info,
+            chosen,
+            resolved,
+            n_tokens=n_tokens,
+            window_size=window_size,
+            stride=stride,
+            limit_gb=self.settings.memory_limit_gb,
+            flops_per_second=self._flops_per_second.get(loaded.name, DEFAULT_FLOPS_PER_SECOND),
+        )
+
+    def check_memory(
+        self,
+        loaded: LoadedModel,
+        chosen: Sequence[Method],
+        resolved: dict[str, Any],
+        *,
+        n_tokens: int,
+        window_size: int | None = None,
+        stride: int | None = None,
+    ) -> ProcessingEstimate:
+        found = self._estimate(loaded, chosen, resolved, n_tokens=n_tokens, window_size=window_size, stride=stride)
+        if not found.fits:
+            mem = found.memory_estimate_gb
+            raise MemoryLimitError(
+                f"this analysis needs an estimated {mem.total_gb:.1f} GB (attention {mem.attention_gb:.1f}, "
+                f"activations {mem.activations_gb:.1f}, gradients {mem.gradients_gb:.1f}, weights "
+                f"{mem.weights_gb:.1f}); the limit is {found.limit_gb:g} GB (MEMORY_LIMIT_GB). Use streaming "
+                "analysis with a smaller window_size, keep fewer attention maps (layers, heads, patterns=false), "
+                "or drop methods",
+                field="text",
+            )
+        return found
+
+    def estimate_processing_requirements(
+        self,
+        text: str,
+        methods: Sequence[str] | str = ("attention",),
+        params: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        window_size: int | None = None,
+        stride: int | None = None,
+    ) -> ProcessingEstimate:
+        """Memory (weights, activations, attention, gradients, total) and time, before any work."""
+        text = self.check_text(text, limit=self.settings.max_document_chars)
+        chosen = self.resolve_methods(list(methods) if not isinstance(methods, str) else methods)
+        resolved = self.resolve_params(chosen, params)
+        loaded = self.load_model(model)
+        n_tokens = len(self.tokenize_document(loaded, text)[0])
+        return self._estimate(loaded, chosen, resolved, n_tokens=n_tokens, window_size=window_size, stride=stride)
+
+    # --- long documents ----------------------------------------------------------------
+
+    def tokenize_document(self, loaded: LoadedModel, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character spans of a whole document, without special tokens."""
+        encoded = loaded.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        return list(encoded["input_ids"]), [(int(s), int(e)) for s, e in encoded["offset_mapping"]]
+
+    def analyze_document_streaming(
+        self,
+        document: str,
+        methods: Sequence[str] | str = ("attention",),
+        params: Mapping[str, Any] | None = None,
+        *,
+        window_size: int = 512,
+        stride: int = 256,
+        model: str | None = None,
+        progress: Progress | None = None,
+    ) -> DocumentStream:
+        """Iterate for one ``WindowResult`` per window, each as soon as it is computed.
+
+        Everything is validated (and the memory estimate checked) before the first
+        window runs. Breaking out of the loop stops the work: nothing runs ahead of the
+        consumer. ``progress("window", "i/n")`` is called before each window.
+        """
+        return DocumentStream(
+            self, document, methods, params, window_size=window_size, stride=stride, model=model, progress=progress
+        )
+
+    def analyze_efficient(
+        self,
+        text: str,
+        methods: Sequence[str] | str = ("attention",),
+        params: Mapping[str, Any] | None = None,
+        *,
+        use_chunking: bool = True,
+        max_length: int = 4096,
+        stride: int | None = None,
+        keep_windows: bool = False,
+        model: str | None = None,
+        progress: Progress | None = None,
+    ) -> DocumentResult:
+        """Analyse a text of any length in windows of at most ``max_length`` tokens.
+
+        Returns the document-level result: per-token fields stitched onto the
+        document's tokens (``stitch_rule`` says how), and with ``keep_windows`` every
+        window's full result. Without ``use_chunking`` the text must fit in one pass.
+        """
+        stream = self.analyze_document_streaming(
+            text, methods, params, window_size=max_length, stride=stride or max(1, max_length // 2),
+            model=model, progress=progress,
+        )
+        if not use_chunking and len(stream) > 1:
+            raise TextTooLongError(
+                f"text is {len(stream.ids)} tokens long and use_chunking is off; max_length is {max_length}",
+                field="text",
+            )
+        return collect_document(stream, keep_windows=keep_windows)
 
     # --- pictures ----------------------------------------------------------------------
 

@@ -172,6 +172,89 @@ def analyze_command(
             click.echo(f"wrote {output} ({len(encoded) / 1e6:.1f} MB)")
 
 
+def _read_document(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.is_file():
+        raise click.BadParameter(f"no file {source!r} (use - for standard input)", param_hint="DOCUMENT")
+    return path.read_text(encoding="utf-8")
+
+
+@cli.command("analyze-document")
+@click.argument("document")
+@click.option("--method", "-m", "methods", multiple=True, default=["attention"], show_default=True)
+@click.option("--model", default=None, help="alias, directory, .gguf file or hub id")
+@click.option("--param", "-p", "params", multiple=True, help="METHOD.NAME=JSON, repeatable")
+@click.option("--window-size", default=512, show_default=True, help="tokens per window")
+@click.option("--stride", default=256, show_default=True, help="tokens between window starts")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the stitched document result as JSON")
+@click.option("--keep-windows", is_flag=True, help="include every window's full result in the output")
+@click.pass_context
+@friendly_errors
+def analyze_document_command(
+    ctx: click.Context,
+    document: str,
+    methods: tuple[str, ...],
+    model: str | None,
+    params: tuple[str, ...],
+    window_size: int,
+    stride: int,
+    output: Path | None,
+    keep_windows: bool,
+) -> None:
+    """Analyse a long DOCUMENT (a file, or - for stdin) in windows, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from lmlens.analyzer import Analyzer
+    from lmlens.streaming import collect_document
+
+    analyzer = Analyzer(model, plugins=_host(ctx))
+    stream = analyzer.analyze_document_streaming(
+        _read_document(document), methods=list(methods), params=_parse_params(params),
+        window_size=window_size, stride=stride,
+    )
+    mem = stream.estimate.memory_estimate_gb
+    click.echo(f"{len(stream.ids)} tokens in {len(stream)} windows of {window_size} (stride {stride}); "
+               f"estimated peak {mem.total_gb:.2f} GB", err=True)
+    with tqdm(total=len(stream), unit="window", desc="analysing") as bar:
+        # "window i/n" announces window i, so it also means window i - 1 is done
+        stream.progress = lambda stage, what: bar.update(1) if stage == "window" and not what.startswith("1/") else None
+        result = collect_document(stream, keep_windows=keep_windows)
+        bar.update(bar.total - bar.n)
+    click.echo(f"stitched {result.n_tokens} tokens; rule: {result.stitch_rule}")
+    for method, fields in result.per_token.items():
+        for name, array in fields.items():
+            click.echo(f"  {method}.{name}: array {list(array.shape)}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(wire.to_json(result))
+        click.echo(f"wrote {output}")
+
+
+@cli.command("estimate")
+@click.argument("text")
+@click.option("--method", "-m", "methods", multiple=True, default=["attention"], show_default=True)
+@click.option("--model", default=None)
+@click.option("--window-size", type=int, default=None, help="tokens per window (default: one pass)")
+@click.option("--stride", type=int, default=None)
+@click.pass_context
+@friendly_errors
+def estimate_command(
+    ctx: click.Context, text: str, methods: tuple[str, ...], model: str | None,
+    window_size: int | None, stride: int | None,
+) -> None:
+    """Estimate memory and time for analysing TEXT, before running anything."""
+    from lmlens.analyzer import Analyzer
+
+    analyzer = Analyzer(model, plugins=_host(ctx))
+    found = analyzer.estimate_processing_requirements(
+        text, list(methods), window_size=window_size, stride=stride
+    )
+    click.echo(wire.to_json(found))
+
+
 def main() -> None:
     host = PluginHost()
     host.pm.hook.register_commands(cli=cli)

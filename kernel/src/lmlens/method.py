@@ -44,6 +44,12 @@ class Method:
     pass must capture for this method; ``run(trace, params)`` turns them into a
     ``result`` Struct. When no requested method needs ``logits``, the kernel runs the
     base model only and skips the LM head.
+
+    For long documents: ``token_fields`` names the result's per-token array fields and
+    the axis that runs over the window's tokens (``{"bits": 0}``), so windowed results
+    can be stitched back onto the document; ``extra_bytes(info, params, n_tokens)``
+    estimates memory the method uses beyond its captured needs (gradients, batched
+    extra passes), for the memory estimate.
     """
 
     name: str
@@ -54,3 +60,5 @@ class Method:
     run: Callable[[Trace, Any], Result]
     version: str = "0"
     tags: tuple[str, ...] = field(default_factory=tuple)
+    token_fields: Mapping[str, int] = field(default_factory=dict)
+    extra_bytes: Callable[[ModelInfo, Any, int], float] | None = None

@@ -65,6 +65,7 @@ class ModelInfo:
     n_heads: int
     n_kv_heads: int
     d_model: int
+    d_mlp: int
     d_head: int
     vocab_size: int
     max_positions: int
@@ -112,6 +113,9 @@ class LoadedModel:
             n_heads=n_heads,
             n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
             d_model=d_model,
+            d_mlp=int(
+                getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d_model
+            ),
             d_head=int(getattr(config, "head_dim", None) or d_model // max(n_heads, 1)),
             vocab_size=int(config.vocab_size),
             max_positions=int(

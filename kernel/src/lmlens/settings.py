@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_dir: str = ""
     max_sequence_length: int = 2048
     max_text_chars: int = 200_000
+    max_document_chars: int = 5_000_000
     model_lru_size: int = 2
     memory_limit_gb: float = 16.0
 
@@ -45,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cache_dir=cache_dir,
             max_sequence_length=_env_int("MAX_SEQUENCE_LENGTH", 2048),
             max_text_chars=_env_int("LMLENS_MAX_TEXT_CHARS", 200_000),
+            max_document_chars=_env_int("LMLENS_MAX_DOCUMENT_CHARS", 5_000_000),
             model_lru_size=_env_int("LMLENS_MODEL_LRU_SIZE", 2),
             memory_limit_gb=_env_float("MEMORY_LIMIT_GB", 16.0),
         )

@@ -53,6 +53,7 @@ SURPRISAL = Method(
     needs=_needs,
     run=_run,
     version=__version__,
+    token_fields={"logprob": 0, "bits": 0},  # lets long documents be stitched back together
 )
 
 

@@ -1,0 +1,127 @@
+"""Memory and time estimates, computed from the model's config and the methods' needs.
+
+Nothing runs: the estimate comes before any work, so a request that would not fit is
+refused with advice instead of failing half-way. The constants below describe what
+one float32 forward pass allocates on top of what the methods keep; the benchmark
+(benchmarks/bench_streaming.py) checks them against measured peak memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from lmlens.capture import Need
+from lmlens.method import Method
+from lmlens.models import ModelInfo
+
+GB = 1024**3
+DEFAULT_FLOPS_PER_SECOND = 2.0e10  # two CPU cores in float32; replaced by measured throughput
+
+# Transient buffers of one eager attention layer: scores, softmax output, and the
+# masked/contiguous copy, each [head, q, k].
+EAGER_ATTENTION_COPIES = 3
+# Transient MLP buffers (gate, up, activation, product), each [pos, d_mlp].
+MLP_COPIES = 4
+# Residual-stream sized buffers alive at once (input, norm output, q/k/v, output...).
+RESID_COPIES = 8
+
+
+class MemoryBreakdown(msgspec.Struct, frozen=True, kw_only=True):
+    weights_gb: float
+    activations_gb: float
+    attention_gb: float
+    gradients_gb: float
+    total_gb: float
+
+
+class ProcessingEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """What an analysis will cost, before it runs."""
+
+    n_tokens: int
+    window_size: int  # tokens per forward pass (== n_tokens when not chunked)
+    n_windows: int
+    memory_estimate_gb: MemoryBreakdown
+    estimated_seconds: float
+    limit_gb: float
+    fits: bool
+
+
+def _dtype_bytes(info: ModelInfo) -> int:
+    return 2 if info.dtype in ("float16", "bfloat16") else 8 if info.dtype == "float64" else 4
+
+
+def kept_bytes(info: ModelInfo, needs: Iterable[Need], n: int) -> tuple[float, float]:
+    """Bytes the needs keep after the pass: (attention maps, everything else)."""
+    b = _dtype_bytes(info)
+    attention = other = 0.0
+    for need in needs:
+        if need.reducer is not None:
+            other += info.n_heads * n * 4  # reducers keep summaries, at most per head and token
+        elif need.point.endswith("attn.pattern"):
+            attention += info.n_heads * n * n * b
+        elif need.point == "logits":
+            other += n * info.vocab_size * b
+        else:
+            other += n * info.d_model * b
+    return attention, other
+
+
+def transient_bytes(info: ModelInfo, needs: Sequence[Need], n: int) -> tuple[float, float]:
+    """Peak bytes one forward pass allocates and frees: (attention, everything else)."""
+    b = _dtype_bytes(info)
+    eager = any(need.point.endswith("attn.pattern") for need in needs)
+    attention = EAGER_ATTENTION_COPIES * info.n_heads * n * n * b if eager else 0.0
+    other = (MLP_COPIES * info.d_mlp + RESID_COPIES * info.d_model) * n * b
+    if any(need.point == "logits" for need in needs):
+        other += 2 * n * info.vocab_size * b  # logits and their log-softmax
+    return attention, other
+
+
+def forward_flops(info: ModelInfo, n: int) -> float:
+    """Multiply-adds x 2 of one pass: the weights once per token, plus QK^T and AV."""
+    return 2.0 * info.n_params * n + 4.0 * info.n_layers * n * n * info.d_model
+
+
+def estimate(
+    info: ModelInfo,
+    methods: Sequence[Method],
+    params: dict[str, Any],
+    *,
+    n_tokens: int,
+    window_size: int | None = None,
+    stride: int | None = None,
+    limit_gb: float,
+    flops_per_second: float = DEFAULT_FLOPS_PER_SECOND,
+) -> ProcessingEstimate:
+    window = min(window_size or n_tokens, n_tokens)
+    stride = stride or window
+    n_windows = 1 if n_tokens <= window else 1 + -(-(n_tokens - window) // stride)
+    needs = [need for m in methods for need in m.needs(info, params[m.name])]
+    kept_attention, kept_other = kept_bytes(info, needs, window)
+    transient_attention, transient_other = transient_bytes(info, needs, window)
+    gradients = sum(
+        m.extra_bytes(info, params[m.name], window) for m in methods if m.extra_bytes is not None
+    )
+    weights = info.n_params * _dtype_bytes(info)
+    attention = kept_attention + transient_attention
+    activations = kept_other + transient_other
+    total = weights + attention + activations + gradients
+    seconds = n_windows * forward_flops(info, window) / flops_per_second
+    return ProcessingEstimate(
+        n_tokens=n_tokens,
+        window_size=window,
+        n_windows=n_windows,
+        memory_estimate_gb=MemoryBreakdown(
+            weights_gb=weights / GB,
+            activations_gb=activations / GB,
+            attention_gb=attention / GB,
+            gradients_gb=gradients / GB,
+            total_gb=total / GB,
+        ),
+        estimated_seconds=seconds,
+        limit_gb=limit_gb,
+        fits=total / GB <= limit_gb,
+    )

@@ -1,0 +1,149 @@
+"""Streaming analysis of long documents: one window at a time, in bounded memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lmlens.chunking import (
+    RULE_CAUSAL,
+    RULE_ENCODER,
+    DocumentResult,
+    Window,
+    WindowResult,
+    owners,
+    plan_windows,
+    stitch_field,
+)
+from lmlens.errors import InvalidParamsError
+from lmlens.method import Method
+from lmlens.models import LoadedModel
+from lmlens.wire import ModelRef, Token
+
+if TYPE_CHECKING:
+    from lmlens.analyzer import Analyzer, Progress
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a text ([CLS] / [SEP], BOS)."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain) :])
+    return [], []
+
+
+class DocumentStream:
+    """An iterable of ``WindowResult``s over one document, with the document's facts.
+
+    Work happens only as the consumer iterates; leaving the loop early stops it.
+    """
+
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        document: str,
+        methods: Sequence[str] | str,
+        params: Mapping[str, Any] | None,
+        *,
+        window_size: int,
+        stride: int,
+        model: str | None,
+        progress: Progress | None,
+    ) -> None:
+        self.analyzer = analyzer
+        self.document = analyzer.check_text(document, limit=analyzer.settings.max_document_chars)
+        self.methods: list[Method] = analyzer.resolve_methods(
+            list(methods) if not isinstance(methods, str) else methods
+        )
+        self.params = analyzer.resolve_params(self.methods, params)
+        self.loaded: LoadedModel = analyzer.load_model(model)
+        self.prefix, self.suffix = special_tokens(self.loaded.tokenizer)
+        n_special = len(self.prefix) + len(self.suffix)
+        limit = min(analyzer.settings.max_sequence_length, self.loaded.info.max_positions or 10**9)
+        if window_size + n_special > limit:
+            raise InvalidParamsError(
+                f"window_size {window_size} (+{n_special} special tokens) exceeds the limit of "
+                f"{limit} tokens for {self.loaded.name}",
+                field="window_size",
+            )
+        self.ids, self.spans = analyzer.tokenize_document(self.loaded, self.document)
+        if not self.ids:
+            raise InvalidParamsError("the document has no tokens", field="text")
+        self.plan = plan_windows(len(self.ids), window_size, stride)
+        self.estimate = analyzer.check_memory(
+            self.loaded, self.methods, self.params, n_tokens=len(self.ids),
+            window_size=window_size + n_special, stride=stride,
+        )
+        self.progress = progress
+        pieces = self.loaded.tokenizer.convert_ids_to_tokens(self.ids)
+        self.tokens = [
+            Token(id=i, piece=str(p), text=self.document[s:e], start=s, end=e)
+            for i, p, (s, e) in zip(self.ids, pieces, self.spans, strict=True)
+        ]
+        self.windows = [
+            Window(index=w, start=s, end=e, char_start=self.spans[s][0], char_end=self.spans[e - 1][1])
+            for w, (s, e) in enumerate(self.plan)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __iter__(self) -> Iterator[WindowResult]:
+        return self._run()
+
+    def _run(self) -> Iterator[WindowResult]:
+        tokenizer = self.loaded.tokenizer
+        for window in self.windows:
+            if self.progress is not None:
+                self.progress("window", f"{window.index + 1}/{len(self.windows)}")
+            ids = self.prefix + self.ids[window.start : window.end] + self.suffix
+            text = self.document[window.char_start : window.char_end]
+            shift = window.char_start
+            tokens = [
+                Token(id=i, piece=str(p), text="", start=0, end=0)
+                for i, p in zip(self.prefix, tokenizer.convert_ids_to_tokens(self.prefix), strict=True)
+            ]
+            tokens += [
+                Token(id=t.id, piece=t.piece, text=t.text, start=t.start - shift, end=t.end - shift)
+                for t in self.tokens[window.start : window.end]
+            ]
+            tokens += [
+                Token(id=i, piece=str(p), text="", start=len(text), end=len(text))
+                for i, p in zip(self.suffix, tokenizer.convert_ids_to_tokens(self.suffix), strict=True)
+            ]
+            input_ids = torch.tensor([ids])  # [1, pos]
+            result = self.analyzer._run_pass(
+                self.loaded, text, input_ids, tokens, self.methods, self.params, self.progress
+            )
+            yield WindowResult(window=window, n_windows=len(self.windows), offset=len(self.prefix), result=result)
+
+
+def collect_document(stream: DocumentStream, *, keep_windows: bool = False) -> DocumentResult:
+    """Run every window and stitch the methods' per-token fields onto the document."""
+    causal = stream.loaded.info.causal
+    owner = owners(stream.plan, len(stream.ids), causal=causal)
+    per_window: list[WindowResult] = list(stream)
+    per_token: dict[str, dict[str, np.ndarray]] = {}
+    for method in stream.methods:
+        for field, axis in method.token_fields.items():
+            arrays = [getattr(w.result.methods[method.name], field) for w in per_window]
+            if any(a is None for a in arrays):
+                continue
+            per_token.setdefault(method.name, {})[field] = stitch_field(
+                [np.asarray(a) for a in arrays], axis, [w.offset for w in per_window], stream.plan, owner
+            )
+    loaded = stream.loaded
+    return DocumentResult(
+        model=ModelRef(name=loaded.name, revision=loaded.revision, family=loaded.info.family),
+        n_tokens=len(stream.ids),
+        tokens=stream.tokens,
+        windows=stream.windows,
+        stitch_rule=RULE_CAUSAL if causal else RULE_ENCODER,
+        per_token=per_token,
+        window_results=per_window if keep_windows else None,
+    )
