@@ -125,9 +125,13 @@ def test_classify_labels_and_confidence_on_known_samples() -> None:
     text[:, 0, 0, 0] = 0.9  # previous_token, always
     probe[:, 0, 0, 1] = [0.9, 0.8, 0.7, 0.1]  # induction, mean 0.625, 3 of 4 samples above 0.4
     text[:, 2, 0, 2] = [0.5, 0.1, 0.1, 0.1]  # sink once: mean 0.2, not a label
+    text[:, 2, 0, 1] = 0.9  # the induction head parks on the sink in the texts: still induction
     found = classification.classify(text, probe, threshold=0.4)
     assert found.labels == [["previous_token", "induction", "mixed"]]
     np.testing.assert_allclose(found.confidence[0], [1.0, 0.75, 0.75])
+    text[:, 0, 0, 0] = 0.1  # with nothing else above the threshold, the sink is the label
+    text[:, 2, 0, 0] = 0.7
+    assert classification.classify(text, probe, threshold=0.4).labels[0][0] == "sink"
     np.testing.assert_allclose(found.scores[1, 0, 1], 0.625, rtol=1e-6)
     np.testing.assert_allclose(found.spread[1, 0, 1], np.std([0.9, 0.8, 0.7, 0.1]), rtol=1e-5)
 

@@ -123,7 +123,7 @@ def test_head_grid_and_layer_head_map(analysis, tmp_path: Path) -> None:
     text = grid.read_text(encoding="utf-8")
     for head in range(4):
         assert f"layer 0 head {head}" in text
-    assert "GridPlot" in text or "GridBox" in text
+    assert text.count("\"type\":\"object\",\"name\":\"Figure\"") == 1  # one figure, four images
     attention_panel(analysis, save_path=str(tmp_path / "grid.png"), view="grid", layer=1)
     for score in ("entropy", "sink_mass", "mean_distance"):
         attention_panel(analysis, save_path=str(tmp_path / f"{score}.html"), view="map", score=score)

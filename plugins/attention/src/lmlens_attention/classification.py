@@ -4,7 +4,7 @@ Text scores (previous-token, positional, sink, locality) come from the analysed 
 shared pass and from an optional corpus; probe scores (induction, duplicate-token)
 from the cached probe pass. Each is a mean over samples (texts or probe sequences);
 a head's confidence is the share of samples in which its label's score clears the
-threshold, so a head that behaves one way on every text is confident and one that
+threshold (the sink label only when nothing else clears it), so a head that behaves one way on every text is confident and one that
 switches between texts is not.
 """
 
@@ -103,8 +103,14 @@ def classify(text_samples: np.ndarray, probe_samples: np.ndarray, threshold: flo
     spread = np.stack([s.std(0) for s in samples]).astype(np.float32)
     # share of samples in which each category clears the threshold: [label, layer, head]
     agreement = np.stack([(per_category[c] >= threshold).mean(0) for c in LABELS])
-    best = scores[: len(LABELS)].argmax(0)  # [layer, head]
-    strong = scores[: len(LABELS)].max(0) >= threshold
+    # Attention parked on the first token is what a head does when its pattern finds
+    # nothing to act on (an induction head on a text without repeats), so a sink
+    # label goes only to heads with no other category above the threshold.
+    labelled = scores[: len(LABELS)]  # [label, layer, head]
+    functional = labelled.copy()
+    functional[LABELS.index("sink")] = -1.0
+    best = np.where(functional.max(0) >= threshold, functional.argmax(0), labelled.argmax(0))  # [layer, head]
+    strong = labelled.max(0) >= threshold
     n_layers, n_heads = best.shape
     labels = [
         [LABELS[best[i, h]] if strong[i, h] else UNCLASSIFIED for h in range(n_heads)]
