@@ -65,7 +65,6 @@ def main() -> None:
               f"(plus {second['import_s']:.2f} s to import lmlens)")
 
     import torch
-
     from lmlens import Analyzer
 
     analyzer = Analyzer("smollm2-135m")

@@ -28,11 +28,11 @@ class SurprisalResult(Result, frozen=True, kw_only=True, tag="surprisal"):
 def _needs(info: ModelInfo, params: SurprisalParams) -> Sequence[Need]:
     if not info.causal or not info.has_lm_head:
         raise InvalidParamsError("surprisal needs a causal language model", field="methods")
-    return [Need("logits", lambda logits: torch.log_softmax(logits[0].float(), dim=-1), name="logprobs")]
+    return [Need("logits")]
 
 
 def _run(trace: Trace, params: SurprisalParams) -> SurprisalResult:
-    logprobs = trace["logprobs"]  # [pos, vocab]
+    logprobs = torch.log_softmax(trace["logits"][0].float(), dim=-1)  # [pos, vocab]
     ids = trace.input_ids[0].to(logprobs.device)  # [pos]
     picked = logprobs[:-1].gather(1, ids[1:, None])[:, 0]  # [pos - 1]
     logprob = np.concatenate([[np.nan], picked.numpy(force=True)]).astype(np.float32)
