@@ -1,0 +1,42 @@
+"""lmlens-importance: which input tokens made the model produce its output.
+
+One method, ``importance``: gradient saliency, gradient x input, integrated gradients
+(with its convergence delta and an ``unreliable`` flag) and occlusion, for causal LMs
+(next-token, continuation or loss targets) and encoders (similarity to a second
+text), with faithfulness checks and pictures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lmlens import Method, hookimpl
+
+from lmlens_importance.errors import NonFiniteAttributionError
+from lmlens_importance.params import ImportanceParams
+from lmlens_importance.plugin import IMPORTANCE, VERSION, run_importance
+from lmlens_importance.result import ImportanceResult
+
+__version__ = VERSION
+
+__all__ = [
+    "IMPORTANCE",
+    "ImportanceParams",
+    "ImportanceResult",
+    "NonFiniteAttributionError",
+    "__version__",
+    "run_importance",
+]
+
+
+@hookimpl
+def register_methods(register: Callable[[Method], None]) -> None:
+    register(IMPORTANCE)
+
+
+@hookimpl
+def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    from lmlens_importance.pictures import importance_panel
+
+    register("importance", importance_panel)

@@ -1,0 +1,190 @@
+"""The ``importance`` method: pick a target, attribute it, check the attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lmlens import Method, ModelInfo, Need, Trace
+
+from lmlens_importance.baselines import reference_embeds
+from lmlens_importance.budget import rows_per_pass
+from lmlens_importance.faithfulness import faithfulness
+from lmlens_importance.gradients import gradient_x_input, saliency
+from lmlens_importance.integrated import IntegratedRun, endpoint_values, integrated_gradients
+from lmlens_importance.occlusion import occlusion
+from lmlens_importance.paths import check_path
+from lmlens_importance.params import FIELD, ImportanceParams, check_params
+from lmlens_importance.result import (
+    Convergence,
+    ConvergenceStep,
+    Faithfulness,
+    ImportanceResult,
+    TargetInfo,
+    TokenScore,
+)
+from lmlens_importance.targets import (
+    Objective,
+    build_objective,
+    check_finite,
+    frozen_parameters,
+    special_positions,
+)
+from lmlens_importance.words import merge_words
+
+VERSION = "0.1.0"
+
+
+def _needs(info: ModelInfo, params: ImportanceParams) -> Sequence[Need]:
+    check_params(params)
+    return []  # every pass this method needs is its own (with gradients or perturbed inputs)
+
+
+def _integrated(
+    objective: Objective,
+    baseline: torch.Tensor,
+    params: ImportanceParams,
+    batch: int,
+    f_input: float,
+    f_baseline: float,
+) -> tuple[IntegratedRun, list[ConvergenceStep], bool, int]:
+    """Run IG once, or (adaptive) doubling the steps until the delta is within tolerance."""
+    history: list[ConvergenceStep] = []
+    passes = 0
+    steps = params.steps
+    while True:
+        run = integrated_gradients(
+            objective, baseline, steps=steps, rule=params.rule, spacing=params.spacing,
+            path=params.path, batch_size=batch, f_input=f_input, f_baseline=f_baseline,
+        )
+        passes += run.passes
+        history.append(ConvergenceStep(steps=steps, delta=run.delta, relative_delta=run.relative_delta))
+        ok = _within(run, params.tolerance)
+        if ok or not params.adaptive or steps * 2 > params.max_steps:
+            return run, history, ok, passes
+        steps *= 2
+
+
+def _within(run: IntegratedRun, tolerance: float) -> bool:
+    if run.relative_delta is None:
+        return abs(run.delta) <= 1e-6
+    return run.relative_delta <= tolerance
+
+
+def run_importance(trace: Trace, params: ImportanceParams) -> ImportanceResult:
+    check_params(params)
+    loaded = trace.model
+    with torch.inference_mode(False), frozen_parameters(loaded.model):
+        return _run(trace, params)
+
+
+def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
+    loaded = trace.model
+    objective = build_objective(trace, params)
+    special = special_positions(loaded, trace)  # [pos]
+    slots = [i for i, s in enumerate(special.tolist()) if not s]
+    n = objective.embeds.shape[1] + (0 if objective.suffix is None else objective.suffix.shape[1])
+    grad_batch = rows_per_pass(loaded, n, objective.lm_positions, grad=True,
+                               budget_mb=params.memory_budget_mb, requested=params.batch_size)
+    plain_batch = rows_per_pass(loaded, n, objective.lm_positions, grad=False,
+                                budget_mb=params.memory_budget_mb, requested=params.batch_size)
+    warnings: list[str] = []
+    convergence = None
+    baseline_label = None
+    passes = 0
+    needs_replacement = params.method == "occlusion" or params.faithfulness
+    replacement = replacement_label = None
+    if needs_replacement:
+        replacement, replacement_label = reference_embeds(
+            loaded, objective.embeds, special, params.replacement, field=f"{FIELD}.replacement"
+        )
+    f_input = float(objective.values(objective.embeds, batch_size=1)[0])
+    passes += 1
+
+    if params.method == "integrated_gradients":
+        baseline, baseline_label = reference_embeds(
+            loaded, objective.embeds, special, params.baseline, text=params.baseline_text
+        )
+        check_path(params.path, baseline, special)
+        f_input, f_baseline = endpoint_values(objective, baseline)
+        passes += 1
+        run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch,
+                                                  f_input, f_baseline)
+        passes += ig_passes
+        scores = run.scores
+        convergence = Convergence(
+            steps=run.steps, rule=params.rule, spacing=params.spacing, path=params.path, f_input=f_input,
+            f_baseline=f_baseline, delta=run.delta, relative_delta=run.relative_delta,
+            tolerance=params.tolerance, unreliable=not ok, adaptive=params.adaptive,
+            converged=ok, history=history,
+        )
+        if not ok:
+            rel = "undefined" if run.relative_delta is None else f"{run.relative_delta:.1%}"
+            warnings.append(
+                f"integrated gradients did not converge: relative delta {rel} at {run.steps} steps "
+                f"(tolerance {params.tolerance:.1%}); the scores do not add up to "
+                "f(input) - f(baseline)"
+                + ("" if params.adaptive else "; try adaptive=true or spacing='geometric'")
+            )
+    elif params.method == "gradient":
+        scores = saliency(objective)
+        passes += 1
+    elif params.method == "gradient_x_input":
+        scores = gradient_x_input(objective)
+        passes += 1
+    else:
+        assert replacement is not None
+        scores, windows = occlusion(objective, replacement, slots, window=params.window,
+                                    stride=params.stride, batch_size=plain_batch, f_input=f_input)
+        passes += -(-windows // plain_batch)
+    scores = torch.where(special, 0.0, scores.double())  # [pos]
+    check_finite(scores, "the attribution scores")
+
+    report: Faithfulness | None = None
+    if params.faithfulness and slots:
+        assert replacement is not None and replacement_label is not None
+        report, more = faithfulness(
+            objective, scores, replacement, slots, replacement_label=replacement_label,
+            fractions=params.fractions, deletion_points=params.deletion_points,
+            random_orders=params.random_orders, batch_size=plain_batch, f_input=f_input,
+        )
+        passes += more
+
+    values = scores.numpy()
+    peak = float(np.abs(values).max()) or 1.0
+    normalized = values / peak
+    tokens = [
+        TokenScore(index=i, text=t.text, start=t.start, end=t.end, score=float(values[i]),
+                   normalized=float(normalized[i]), special=bool(special[i]))
+        for i, t in enumerate(trace.tokens)
+    ]
+    return ImportanceResult(
+        method=params.method,
+        target=TargetInfo(kind=objective.kind, description=objective.description, value=f_input,
+                          token_ids=objective.token_ids, token_text=objective.token_text),
+        baseline=baseline_label,
+        scores=values.astype(np.float32),
+        normalized=normalized.astype(np.float32),
+        tokens=tokens,
+        words=merge_words(trace.text, trace.tokens, values.tolist(), special.tolist()),
+        convergence=convergence,
+        unreliable=bool(convergence is not None and convergence.unreliable),
+        faithfulness=report,
+        batch_size=grad_batch if params.method in ("integrated_gradients",) else plain_batch,
+        passes=passes,
+        warnings=warnings,
+    )
+
+
+IMPORTANCE = Method(
+    name="importance",
+    description="token importance: gradient, gradient x input, integrated gradients, occlusion; "
+    "with IG convergence delta and faithfulness (comprehensiveness, sufficiency, deletion curve)",
+    params=ImportanceParams,
+    result=ImportanceResult,
+    needs=_needs,
+    run=run_importance,
+    version=VERSION,
+)

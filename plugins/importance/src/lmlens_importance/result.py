@@ -1,0 +1,92 @@
+"""The ``importance`` result: scores per token and per word, and how far to trust them."""
+
+from __future__ import annotations
+
+from lmlens.wire import Float32Array, Result
+import msgspec
+
+
+class TokenScore(msgspec.Struct, frozen=True, kw_only=True):
+    index: int  # position in the analysed tokens
+    text: str  # text[start:end]
+    start: int
+    end: int
+    score: float  # signed; in the target's units for IG and occlusion
+    normalized: float  # score / max |score|, in [-1, 1]
+    special: bool  # a special token ([CLS], <bos>): held fixed, scored 0
+
+
+class WordScore(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    start: int
+    end: int
+    tokens: list[int]  # indices of the tokens merged into this word
+    score: float  # sum of its tokens' scores (additive for IG and gradient x input)
+    normalized: float  # score / max |word score|
+
+
+class TargetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str  # next_token, continuation, loss, similarity
+    description: str
+    value: float  # f(input)
+    token_ids: list[int] = []  # next_token / continuation: the explained tokens
+    token_text: str = ""
+
+
+class ConvergenceStep(msgspec.Struct, frozen=True, kw_only=True):
+    steps: int
+    delta: float
+    relative_delta: float | None
+
+
+class Convergence(msgspec.Struct, frozen=True, kw_only=True):
+    """Completeness check of integrated gradients: sum(attributions) = f(x) - f(baseline)."""
+
+    steps: int  # where it stopped
+    rule: str
+    spacing: str
+    path: str
+    f_input: float
+    f_baseline: float
+    delta: float  # sum(attributions) - (f_input - f_baseline)
+    relative_delta: float | None  # |delta| / |f_input - f_baseline|; None when that is 0
+    tolerance: float
+    unreliable: bool
+    adaptive: bool
+    converged: bool
+    history: list[ConvergenceStep]
+
+
+class Faithfulness(msgspec.Struct, frozen=True, kw_only=True):
+    """Remove tokens in the attribution's order and watch the target (ERASER-style).
+
+    Higher comprehensiveness and lower sufficiency mean a more faithful ranking; a
+    deletion curve below the random-order reference means the top tokens matter.
+    """
+
+    replacement: str
+    fractions: list[float]
+    counts: list[int]  # tokens removed/kept for each fraction
+    comprehensiveness: list[float]  # f(x) - f(x without the top tokens)
+    sufficiency: list[float]  # f(x) - f(only the top tokens)
+    deletion_counts: list[int]  # [point]
+    deletion_curve: Float32Array  # [point] f after removing the top deletion_counts tokens
+    deletion_auc: float  # mean of the curve over the removed fraction (trapezoid)
+    random_deletion_auc: float | None  # same for random orders (mean), the reference
+    beats_random: bool | None  # deletion_auc < random_deletion_auc
+
+
+class ImportanceResult(Result, frozen=True, kw_only=True, tag="importance"):
+    method: str
+    target: TargetInfo
+    baseline: str | None  # what integrated gradients started from
+    scores: Float32Array  # [pos] signed scores, 0 for special tokens
+    normalized: Float32Array  # [pos] scores / max |scores|
+    tokens: list[TokenScore]
+    words: list[WordScore]
+    convergence: Convergence | None  # integrated gradients only
+    unreliable: bool  # the convergence check failed: do not read the scores as exact
+    faithfulness: Faithfulness | None
+    batch_size: int  # rows per extra pass
+    passes: int  # extra forward passes run (batched)
+    warnings: list[str] = []
