@@ -6,6 +6,9 @@ as their default.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from typing import Any
 
 from lmlens.cache import Cache, MemoryCache
@@ -46,3 +49,47 @@ def build_cache(config: ServiceConfig) -> CacheBackend:
 
     link = RedisLink(config.redis_url)
     return CacheBackend(RedisCache(link, default_ttl=config.cache_ttl), "redis", link)
+
+
+class EncodedResponses:
+    """Recent cache-hit responses, already encoded, so a hot hit costs no decode and no encode.
+
+    Keyed by the analyzer's cache key (text, model revision, plugin versions, params)
+    and the format: a result under one key never changes, so serving these bytes is
+    as correct as decoding the cached result again. Bounded in bytes; entries live
+    at most ``ttl`` seconds, like the cache entry they came from.
+    """
+
+    def __init__(self, max_bytes: int, ttl: float | None) -> None:
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, bool], tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool]) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] < time.monotonic():
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, bool], body: bytes) -> None:
+        if len(body) > self.max_bytes // 4:
+            return  # one huge result must not flush everything else
+        expires = time.monotonic() + (self.ttl or float("inf"))
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (body, expires)
+            self._bytes += len(body)
+            while self._bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[str, bool]) -> None:
+        body, _ = self._entries.pop(key)
+        self._bytes -= len(body)

@@ -47,6 +47,8 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     rate_window_s: Seconds = 60.0
     max_body_bytes: Positive = 4 * 1024 * 1024
     memory_cache_entries: Positive = 256
+    response_memo_mb: NonNegative = 64  # encoded hot cache hits kept in process; 0 = off
+    access_log: bool = True
 
 
 ENVIRONMENT = {
@@ -69,6 +71,8 @@ ENVIRONMENT = {
     "API_RATE_LIMIT": "rate_limit",
     "API_RATE_WINDOW": "rate_window_s",
     "API_MAX_BODY_BYTES": "max_body_bytes",
+    "API_RESPONSE_MEMO_MB": "response_memo_mb",
+    "API_ACCESS_LOG": "access_log",
 }
 _LISTS = {"models", "preload"}
 

@@ -16,7 +16,7 @@ def run(config_file: str | None = None, **flags: Any) -> None:
         from lmlens_http.app import create_app
 
         uvicorn.run(create_app(config), host=config.host, port=config.port, ws="websockets-sansio",
-                    log_level="info")
+                    log_level="info", access_log=config.access_log)
         return
     # Worker processes rebuild the app from the environment: hand them the merged settings.
     if config_file:
@@ -25,4 +25,5 @@ def run(config_file: str | None = None, **flags: Any) -> None:
         if field in flags and flags[field] is not None:
             os.environ[env_name] = str(flags[field])
     uvicorn.run("lmlens_http.app:app_from_env", factory=True, host=config.host, port=config.port,
-                workers=config.workers, ws="websockets-sansio", log_level="info")
+                workers=config.workers, ws="websockets-sansio", log_level="info",
+                access_log=config.access_log)

@@ -26,7 +26,7 @@ from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
 import lmlens_http
 from lmlens_http import codec
-from lmlens_http.caching import build_cache
+from lmlens_http.caching import EncodedResponses, build_cache
 from lmlens_http.cancellation import install_block_checks
 from lmlens_http.config import ServiceConfig, kernel_settings
 from lmlens_http.errors import BatchTooLargeError, InvalidRequestError, ModelNotAllowedError
@@ -59,6 +59,7 @@ class Service:
         allowed = list(self.host.aliases) if config.models is None else list(config.models)
         self.allowed = list(dict.fromkeys([*allowed, self.default_model]))
         self.pool = AnalysisPool(config.pool_workers, config.queue_size, config.request_timeout_s)
+        self.responses = EncodedResponses(config.response_memo_mb * 2**20, config.cache_ttl)
         self.limiter = build_limiter(config.rate_limit, config.rate_window_s, self.cache.link)
         # Which spec resolved to which model, without keeping evicted models alive.
         self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
@@ -120,21 +121,29 @@ class Service:
 
     # --- cache (in a thread: Redis is I/O) -----------------------------------------------
 
-    def cached(self, prep: Prepared) -> AnalysisResult | None:
+    def cache_key(self, prep: Prepared) -> str | None:
+        """The analyzer's own key for ``prep`` (so a hit here is a hit there), once the
+        model has been loaded here; before that the pool loads it and the analyzer asks."""
         loaded = self._loaded.get(prep.model)
         if loaded is None:
-            return None  # never loaded here: the pool loads it, and the analyzer asks the cache
-        # the analyzer's own key, so that a hit here is exactly a hit there
-        key = self.analyzer._cache_key(prep.text, loaded, prep.methods, prep.params)
-        hit = self.cache.cache.get(key)
+            return None
+        return self.analyzer._cache_key(prep.text, loaded, prep.methods, prep.params)
+
+    def cached(self, prep: Prepared, key: str | None = None) -> AnalysisResult | None:
+        key = key or self.cache_key(prep)
+        hit = self.cache.cache.get(key) if key is not None else None
         if hit is None:
             return None
         result = wire.from_msgpack(hit, wire.result_type(m.result for m in prep.methods))
         return msgspec.structs.replace(result, cached=True)
 
-    def _cached_encoded(self, prep: Prepared, msgpack: bool) -> bytes | None:
-        result = self.cached(prep)
-        return None if result is None else codec.encode(result, msgpack)
+    def _cached_encoded(self, prep: Prepared, key: str | None, msgpack: bool) -> bytes | None:
+        result = self.cached(prep, key)
+        if result is None or key is None:
+            return None
+        body = codec.encode(result, msgpack)
+        self.responses.put((key, msgpack), body)
+        return body
 
     # --- model work (in the pool) ----------------------------------------------------------
 
@@ -166,7 +175,12 @@ class Service:
         )
 
     async def analyze_encoded(self, prep: Prepared, msgpack: bool) -> bytes:
-        body = await anyio.to_thread.run_sync(self._cached_encoded, prep, msgpack)
+        key = self.cache_key(prep)
+        if key is not None:
+            body = self.responses.get((key, msgpack))  # hot hit: no thread, no I/O
+            if body is not None:
+                return body
+        body = await anyio.to_thread.run_sync(self._cached_encoded, prep, key, msgpack)
         if body is not None:
             return body
         result = await self.pool.run(prep.fingerprint, lambda notify: self.compute(prep, notify))
