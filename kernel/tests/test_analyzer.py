@@ -235,3 +235,65 @@ def test_no_patterns_needed_runs_sdpa(analyzer) -> None:
     analyzer.analyze("eager", methods=["attention"])
     assert analyzer.model.model.config._attn_implementation == "eager"
 
+
+
+def test_submit_validates_before_queueing(analyzer) -> None:
+    with pytest.raises(InvalidParamsError, match="invalid params for job 'analyze_batch'"):
+        analyzer.submit("analyze_batch", {"texts": "not a list"})
+    with pytest.raises(UnknownMethodError, match="unknown job kind"):
+        analyzer.submit("teleport", {})
+
+
+def test_job_queue_hook_receives_valid_jobs(analyzer) -> None:
+    submitted = []
+
+    class Queue:
+        def submit(self, kind, params):
+            submitted.append((kind, params))
+            return "job-1"
+
+        def status(self, job_id):
+            return {"id": job_id, "status": "queued"}
+
+    class QueuePlugin:
+        @hookimpl
+        def job_queue(self):
+            return Queue()
+
+    analyzer.plugins.register(QueuePlugin(), "queue")
+    try:
+        handle = analyzer.submit("analyze_batch", {"texts": ["a", "b"]})
+    finally:
+        analyzer.plugins.pm.unregister(name="queue")
+    assert handle.id == "job-1" and handle.status()["status"] == "queued"
+    assert submitted == [("analyze_batch", {"texts": ["a", "b"]})]
+
+
+def test_analyze_batch_job_resumes_from_done_items(analyzer) -> None:
+    from lmlens.default_plugins.jobs import ANALYZE_BATCH, AnalyzeBatchParams
+
+    class Context:
+        def __init__(self, done):
+            self.items = dict(done)
+            self.analyzer = analyzer
+            self.events = []
+
+        def progress(self, fraction, message):
+            self.events.append(fraction)
+
+        def done_items(self):
+            return dict(self.items)
+
+        def item_done(self, index, value):
+            self.items[index] = value
+
+    params = AnalyzeBatchParams(texts=["one", "two", "three"], methods=["resid_norm"])
+    first = Context({})
+    full = ANALYZE_BATCH.run(params, first)
+    resumed = Context({0: first.items[0], 1: first.items[1]})
+    again = ANALYZE_BATCH.run(params, resumed)
+    assert len(full) == 3
+    for a, b in zip(again, full, strict=True):  # timings differ between runs; the analysis does not
+        assert a["tokens"] == b["tokens"] and a["methods"] == b["methods"]
+    assert resumed.events == [1.0]  # only the third text was analysed again
+    assert full[2]["text"] == "three"

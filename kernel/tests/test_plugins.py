@@ -108,7 +108,7 @@ def test_load_plugins_env_limits_outside_plugins(fake_site: Path, monkeypatch: p
     monkeypatch.setenv("LMLENS_LOAD_PLUGINS", "good")
     host = PluginHost()
     names = {info.name for info in host.infos()}
-    assert names == {"good", "core-models", "core-architectures"}
+    assert names == {"good", "core-models", "core-architectures", "core-jobs"}
     assert set(host.methods) == {"echo_len"}
     assert host.aliases  # the kernel's own plugins always load
 
@@ -154,11 +154,23 @@ def _host_with(hook: str, name: str, value: object) -> PluginHost:
     return host
 
 
-def test_register_jobs_collects_job_functions() -> None:
-    def job(params, progress):
-        return params
+def test_register_jobs_collects_jobs() -> None:
+    from lmlens.jobs import Job
 
-    assert _host_with("register_jobs", "double", job).jobs["double"] is job
+    class P(msgspec.Struct):
+        n: int
+
+    class Extras:
+        @hookimpl
+        def register_jobs(self, register):
+            register(Job(kind="double", description="twice n", params=P, run=lambda p, ctx: 2 * p.n))
+
+    host = PluginHost()
+    host.register(Extras(), "extras")
+    assert host.job("double").run(P(n=4), None) == 8
+    assert host.job("analyze_batch").params.__name__ == "AnalyzeBatchParams"  # the kernel's own
+    with pytest.raises(Exception, match="unknown job kind 'nope'"):
+        host.job("nope")
 
 
 def test_register_panels_collects_figure_makers() -> None:

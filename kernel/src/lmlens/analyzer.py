@@ -23,6 +23,7 @@ from lmlens.errors import (
 )
 from lmlens.estimate import DEFAULT_FLOPS_PER_SECOND, ProcessingEstimate, estimate, forward_flops
 from lmlens.forward import run_forward
+from lmlens.jobs import JobHandle
 from lmlens.method import Method, Trace
 from lmlens.models import LoadedModel, LoadOptions, ModelStore
 from lmlens.plugins import PluginHost
@@ -352,6 +353,25 @@ class Analyzer:
                 field="text",
             )
         return collect_document(stream, keep_windows=keep_windows)
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def submit(self, kind: str, params: Mapping[str, Any] | None = None) -> JobHandle:
+        """Queue long work (``analyze_batch``, or a plugin's job) on the workers.
+
+        The params are validated here; a malformed payload never reaches a worker.
+        """
+        job = self.plugins.job(kind)
+        try:
+            wire.convert(dict(params or {}), job.params)
+        except msgspec.ValidationError as exc:
+            raise InvalidParamsError(f"invalid params for job {kind!r}: {exc}", field="params") from None
+        queue = self.plugins.pm.hook.job_queue()
+        if queue is None:
+            raise InvalidParamsError(
+                "no job queue: install lmlens-worker and set REDIS_URL, then start `lmlens worker`", field="kind"
+            )
+        return JobHandle(queue, queue.submit(kind, dict(params or {})))
 
     # --- pictures ----------------------------------------------------------------------
 

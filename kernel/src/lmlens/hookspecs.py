@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import click
 
     from lmlens.architectures import Architecture
+    from lmlens.jobs import Job, JobQueue
     from lmlens.method import Method
     from lmlens.models import LoadedModel, LoadOptions, ModelAlias
 
@@ -61,10 +62,20 @@ def register_architectures(register: Callable[[Architecture], None]) -> None:
 
 
 @hookspec
-def register_jobs(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Call ``register(kind, function)`` for long-running work a worker can run
-    (train an SAE, fit a detector, analyse a batch). ``function(params, progress)``
-    receives its validated params and a ``progress(fraction, message)`` callback.
+def register_jobs(register: Callable[[Job], None]) -> None:
+    """Call ``register(Job(kind, description, params, run))`` for long-running work a
+    worker can run (analyse a batch, train an SAE, fit a detector).
+
+    ``params`` is a msgspec Struct, validated when the job is submitted, so a malformed
+    payload never reaches a worker. ``run(params, context)`` reports progress, records
+    finished items (a retried job resumes from them) and returns an encodable result.
+    """
+
+
+@hookspec(firstresult=True)
+def job_queue() -> JobQueue | None:
+    """Return the queue that ``Analyzer.submit`` sends jobs to (the worker adapter's
+    Redis-backed queue when ``REDIS_URL`` is set), or ``None``.
     """
 
 

@@ -21,6 +21,7 @@ import pluggy
 from lmlens import hookspecs
 from lmlens.architectures import Architecture
 from lmlens.errors import UnknownMethodError
+from lmlens.jobs import Job
 from lmlens.method import Method
 from lmlens.models import ModelAlias
 from lmlens.wire import PluginInfo
@@ -59,7 +60,7 @@ class PluginHost:
         self.method_owner: dict[str, str] = {}
         self.aliases: dict[str, ModelAlias] = {}
         self.architectures: list[Architecture] = []
-        self.jobs: dict[str, Callable[..., Any]] = {}
+        self.jobs: dict[str, Job] = {}
         self.panels: dict[str, Callable[..., Any]] = {}
         if entry_points:
             self._load_entry_points()
@@ -120,7 +121,7 @@ class PluginHost:
         self._collect("register_methods", add_method)
         self._collect("register_models", lambda _o: lambda a: self.aliases.setdefault(a.name, a))
         self._collect("register_architectures", lambda _o: self.architectures.append)
-        self._collect("register_jobs", lambda _o: self.jobs.__setitem__)
+        self._collect("register_jobs", lambda _o: lambda job: self.jobs.__setitem__(job.kind, job))
         self._collect("register_panels", lambda _o: self.panels.__setitem__)
 
     def _collect(self, hook_name: str, make_register: Callable[[str], Callable[..., Any]]) -> None:
@@ -144,6 +145,13 @@ class PluginHost:
             raise UnknownMethodError(
                 f"unknown method {name!r}; installed methods: {installed}", field="methods"
             ) from None
+
+    def job(self, kind: str) -> Job:
+        try:
+            return self.jobs[kind]
+        except KeyError:
+            known = ", ".join(sorted(self.jobs)) or "none"
+            raise UnknownMethodError(f"unknown job kind {kind!r}; known: {known}", field="kind") from None
 
     def plugin_version(self, name: str) -> str:
         record = self._records.get(name)
