@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from lmlens import InvalidParamsError
 from lmlens_attention.panels import PANELS, attention_panel
+from PIL import Image
 
 TEXT = "Pictures of attention: who looks at whom, and how much."
 METHODS = ["attention", "head_patterns", "head_importance", "attention_rollout"]
@@ -73,7 +72,7 @@ def test_pattern_page_carries_the_map_and_token_hover(analysis, tmp_path: Path) 
     path = tmp_path / "head.html"
     attention_panel(analysis, save_path=str(path), layer=1, head=2)
     text = path.read_text(encoding="utf-8")
-    _, doc = read_html(path)
+    read_html(path)
     assert "HoverTool" in text and "CustomJSHover" in text
     assert "layer 1 head 2" in text
     # every token label is in the page once, for the hover to look up
@@ -86,7 +85,6 @@ def test_pattern_page_carries_the_map_and_token_hover(analysis, tmp_path: Path) 
 def _synthetic(analysis, pattern: np.ndarray):
     """The analysis with its attention replaced by one known [q, k] map."""
     import msgspec
-
     from lmlens_attention import AttentionResult
 
     zeros = np.zeros((1, 1), dtype=np.float32)

@@ -4,8 +4,9 @@ Text scores (previous-token, positional, sink, locality) come from the analysed 
 shared pass and from an optional corpus; probe scores (induction, duplicate-token)
 from the cached probe pass. Each is a mean over samples (texts or probe sequences);
 a head's confidence is the share of samples in which its label's score clears the
-threshold (the sink label only when nothing else clears it), so a head that behaves one way on every text is confident and one that
-switches between texts is not.
+threshold, so a head that behaves one way on every text is confident and one that
+switches between texts is not. The sink label goes only to heads with nothing else
+above the threshold.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from functools import partial
 
 import numpy as np
 import torch
-
 from lmlens import LoadedModel, ModelInfo, Need
 from lmlens.forward import run_forward
 

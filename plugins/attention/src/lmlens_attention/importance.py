@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from lmlens import LoadedModel, Need, UnsupportedArchitectureError
 from lmlens.forward import run_forward
+from torch import nn
 
 # Where the per-head outputs are concatenated, relative to the attention module.
 _MIXERS = ("o_proj", "c_proj", "out_proj", "dense")
@@ -51,14 +50,16 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     """logits [batch, pos, vocab], input_ids [batch, pos] -> [batch]: mean cross-entropy (nats)."""
     logp = torch.log_softmax(logits[:, :-1].float(), -1)  # [batch, pos - 1, vocab]
     target = input_ids[:, 1:].to(logits.device)
-    return -logp.gather(-1, target[..., None])[..., 0].mean(-1)
+    loss: torch.Tensor = -logp.gather(-1, target[..., None])[..., 0].mean(-1)
+    return loss
 
 
 def final_state_change(final: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """final [batch, pos, d_model], clean [1, pos, d_model] -> [batch]:
     mean over positions of ||final - clean|| / ||clean||."""
     diff = (final.float() - clean.float()).norm(dim=-1)
-    return (diff / clean.float().norm(dim=-1).clamp(min=1e-12)).mean(-1)
+    change: torch.Tensor = (diff / clean.float().norm(dim=-1).clamp(min=1e-12)).mean(-1)
+    return change
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import torch
-
 from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
 from lmlens.wire import Float32Array
 
@@ -65,18 +64,40 @@ def attention_summary(pattern: torch.Tensor, causal: bool, top_k: int) -> dict[s
     }
 
 
+class PatternBuffer:
+    """Collects the kept maps of one pass straight into one ``[layer, head, q, k]`` buffer.
+
+    Each layer's hook copies its map in while it is still warm in cache, and the
+    per-layer tensors are dropped, so the result costs one copy of the patterns in
+    memory instead of the per-layer maps plus a stacked copy of them.
+    """
+
+    def __init__(self, n_layers: int, heads: list[int] | None) -> None:
+        self.n_layers = n_layers
+        self.heads = heads  # None: all heads, no gather needed
+        self.buffer: torch.Tensor | None = None  # [layer, head, q, k] float32
+
+    def keep(self, pattern: torch.Tensor, slot: int) -> PatternBuffer:
+        maps = pattern[0] if self.heads is None else pattern[0, self.heads]  # [head, q, k]
+        if self.buffer is None:
+            self.buffer = torch.empty((self.n_layers, *maps.shape), dtype=torch.float32, device="cpu")
+        self.buffer[slot].copy_(maps)
+        return self
+
+
 def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
     layers = pick(params.layers, info.n_layers, "layer", "attention")
-    pick(params.heads, info.n_heads, "head", "attention")
+    heads = pick(params.heads, info.n_heads, "head", "attention")
     if not 1 <= params.top_k <= 64:
         raise InvalidParamsError("top_k must be between 1 and 64", field="params.attention.top_k")
     reducer = partial(attention_summary, causal=info.causal, top_k=params.top_k)
+    buffer = PatternBuffer(len(layers), None if heads == list(range(info.n_heads)) else heads)
     needs = []
-    for layer in layers:
+    for slot, layer in enumerate(layers):
         point = f"blocks.{layer}.attn.pattern"
         needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
         if params.patterns:
-            needs.append(Need(point))
+            needs.append(Need(point, partial(buffer.keep, slot=slot), name=f"attention.patterns.{layer}"))
     return needs
 
 
@@ -84,7 +105,7 @@ def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
     info = trace.model.info
     layers = pick(params.layers, info.n_layers, "layer", "attention")
     heads = pick(params.heads, info.n_heads, "head", "attention")
-    all_heads = len(heads) == info.n_heads and heads == sorted(heads)
+    all_heads = heads == list(range(info.n_heads))
     index = torch.tensor(heads)
     summaries = [trace[f"attention.summary.{layer}"] for layer in layers]
 
@@ -94,9 +115,9 @@ def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
 
     patterns = None
     if params.patterns:
-        maps = [trace[f"blocks.{layer}.attn.pattern"][0] for layer in layers]  # each [head, q, k]
-        stacked = torch.stack(maps) if all_heads else torch.stack([m.index_select(0, index) for m in maps])
-        patterns = _tensor(stacked)
+        kept: PatternBuffer = trace[f"attention.patterns.{layers[0]}"]
+        assert kept.buffer is not None, "every kept layer wrote its slot"
+        patterns = kept.buffer.numpy()
     return AttentionResult(
         layers=layers,
         heads=heads,

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from bokeh.embed import file_html
 from bokeh.resources import CDN
-
 from lmlens import AnalysisResult, InvalidParamsError, Result
 
 from lmlens_attention import pictures, static

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from bokeh.models import ColorBar, ColumnDataSource, CustomJSHover, HoverTool, LinearColorMapper, Range1d
+from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool, LinearColorMapper, Range1d
+from bokeh.models.annotations import ColorBar
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
-
 from lmlens import Token
 
 _LABEL = CustomJSHover(code="const i = Math.floor(value); return (i in labels) ? labels[i] : '';")
@@ -48,14 +48,14 @@ def pattern_figure(
         title=title,
         width=size,
         height=size,
-        x_range=Range1d(0, n_k),
-        y_range=Range1d(n_q, 0),  # query 0 at the top, like the matrix
+        x_range=Range1d(start=0, end=n_k),
+        y_range=Range1d(start=n_q, end=0),  # query 0 at the top, like the matrix
         tools="pan,wheel_zoom,box_zoom,reset,save",
         toolbar_location="right" if axes else None,
     )
     mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=max(float(pattern.max()), 1e-6))
     fig.image(image=[np.ascontiguousarray(pattern, dtype=np.float32)], x=0, y=0, dw=n_k, dh=n_q,
-              color_mapper=mapper)
+              color_mapper=mapper)  # type: ignore[call-arg]
     if hover:
         formatter = _label_formatter(labels)
         fig.add_tools(
@@ -113,13 +113,13 @@ def head_grid(
         title=f"attention, layer {layer}: heads {', '.join(str(h) for h in heads)}",
         width=cols * size,
         height=rows * size + 30,
-        x_range=Range1d(-gap / 2, width + gap / 2),
-        y_range=Range1d(height + gap / 2, -gap / 2),
+        x_range=Range1d(start=-gap / 2, end=width + gap / 2),
+        y_range=Range1d(start=height + gap / 2, end=-gap / 2),
         tools="pan,wheel_zoom,box_zoom,reset,save",
         match_aspect=True,
     )
     mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=max(float(patterns.max()), 1e-6))
-    fig.image(image="image", x="x", y="y", dw=n_k, dh=n_q, source=source, color_mapper=mapper)
+    fig.image(image="image", x="x", y="y", dw=n_k, dh=n_q, source=source, color_mapper=mapper)  # type: ignore[call-arg]
     fig.text(x=source.data["x"], y=source.data["y"], text=[f"head {h}" for h in heads],
              text_font_size="9px", text_baseline="bottom", text_color="#444444")
     labels = token_labels(tokens)
@@ -155,21 +155,24 @@ def score_map(
         title=title,
         width=max(260, 40 * n_heads + 120),
         height=max(220, 18 * n_layers + 80),
-        x_range=Range1d(0, n_heads),
-        y_range=Range1d(n_layers, 0),
-        tools="hover,save,reset",
+        x_range=Range1d(start=0, end=n_heads),
+        y_range=Range1d(start=n_layers, end=0),
+        tools="save,reset",
         toolbar_location="right",
     )
     lo = float(np.nanmin(values)) if low is None else low
     hi = float(np.nanmax(values)) if high is None else high
     mapper = LinearColorMapper(palette=list(palette), low=lo, high=hi if hi > lo else lo + 1e-6)
     fig.image(image=[np.ascontiguousarray(values, dtype=np.float32)], x=0, y=0, dw=n_heads, dh=n_layers,
-              color_mapper=mapper)
+              color_mapper=mapper)  # type: ignore[call-arg]
     layer_names = [str(i) for i in layers]
     head_names = [str(h) for h in heads]
-    hover = fig.select_one(HoverTool)
-    hover.tooltips = [("layer", "$y{custom}"), ("head", "$x{custom}"), ("value", "@image{0.0000}")]
-    hover.formatters = {"$y": _label_formatter(layer_names), "$x": _label_formatter(head_names)}
+    fig.add_tools(
+        HoverTool(
+            tooltips=[("layer", "$y{custom}"), ("head", "$x{custom}"), ("value", "@image{0.0000}")],
+            formatters={"$y": _label_formatter(layer_names), "$x": _label_formatter(head_names)},
+        )
+    )
     fig.xaxis.ticker = [h + 0.5 for h in range(n_heads)]
     fig.xaxis.major_label_overrides = {h + 0.5: name for h, name in enumerate(head_names)}  # type: ignore[misc]
     fig.yaxis.ticker = [i + 0.5 for i in range(n_layers)]

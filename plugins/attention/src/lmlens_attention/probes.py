@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 import numpy as np
 import torch
-
 from lmlens import LoadedModel, Need
 from lmlens.cache import Cache
 from lmlens.forward import run_forward
