@@ -17,7 +17,7 @@ import torch
 from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
 from lmlens.wire import Float32Array
 
-from lmlens_attention import classification, importance, rollout, scores
+from lmlens_attention import classification, flow, importance, rollout, scores
 from lmlens_attention.probes import PROBE_CACHE
 from lmlens_attention.selection import check_range, pick
 
@@ -292,6 +292,7 @@ class RolloutParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     residual: bool = True  # add the identity for the residual stream (Abnar and Zuidema)
     head_fusion: Literal["mean", "max", "min"] = "mean"
     per_layer: bool = False  # also return the rollout after every layer
+    flow: bool = False  # also compute attention flow (one max-flow per token pair: short texts only)
 
 
 class RolloutResult(Result, frozen=True, kw_only=True, tag="attention_rollout"):
@@ -299,6 +300,10 @@ class RolloutResult(Result, frozen=True, kw_only=True, tag="attention_rollout"):
     head_fusion: str
     rollout: Float32Array  # [q_pos, k_pos]: share of output position q drawn from input token k
     per_layer: Float32Array | None  # [layer, q_pos, k_pos]: the rollout up to each layer
+    flow: Float32Array | None = None  # [q_pos, k_pos]: attention flow, rows normalised to 1
+
+
+MAX_FLOW_TOKENS = 32
 
 
 def _rollout_needs(info: ModelInfo, params: RolloutParams) -> Sequence[Need]:
@@ -312,17 +317,29 @@ def _rollout_needs(info: ModelInfo, params: RolloutParams) -> Sequence[Need]:
 def _rollout_run(trace: Trace, params: RolloutParams) -> RolloutResult:
     fused = [trace[f"attention_rollout.fused.{i}"][0] for i in range(trace.model.info.n_layers)]
     rolled = rollout.attention_rollout(fused, params.residual)  # [layer, q, k] float64
+    flows = None
+    if params.flow:
+        n = len(trace.tokens)
+        if n > MAX_FLOW_TOKENS:
+            raise InvalidParamsError(
+                f"attention flow needs one max-flow per token pair; the text has {n} tokens, "
+                f"the limit is {MAX_FLOW_TOKENS} (rollout has no limit)",
+                field="params.attention_rollout.flow",
+            )
+        flows = _tensor(flow.attention_flow([rollout.layer_transition(a, params.residual) for a in fused]))
     return RolloutResult(
         residual=params.residual,
         head_fusion=params.head_fusion,
         rollout=_tensor(rolled[-1]),
         per_layer=_tensor(rolled) if params.per_layer else None,
+        flow=flows,
     )
 
 
 ATTENTION_ROLLOUT = Method(
     name="attention_rollout",
-    description="attention rollout with the residual term (Abnar and Zuidema 2020)",
+    description="attention rollout with the residual term, and attention flow for short texts "
+    "(Abnar and Zuidema 2020)",
     params=RolloutParams,
     result=RolloutResult,
     needs=_rollout_needs,
