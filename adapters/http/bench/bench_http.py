@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-
+import msgspec
 from lmlens import Analyzer
 from lmlens.plugins import PluginHost
 from lmlens_http.testing import free_port
@@ -72,59 +72,96 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def cold_http(url: str, texts: list[str]) -> list[float]:
-    times = []
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for text in texts:
-            started = time.perf_counter()
-            response = client.post("/analyze", json={"text": text, "methods": METHODS})
-            times.append(time.perf_counter() - started)
-            assert response.status_code == 200 and response.json()["cached"] is False, response.text[:200]
-    return times
-
-
-def cold_in_process(model: str, texts: list[str]) -> list[float]:
+def cold_pairs(url: str, model: str, texts: list[str]) -> tuple[list[float], list[float]]:
+    """Each text once over HTTP and (a variant, so neither is a cache hit) once in process,
+    interleaved, so that load from elsewhere on the machine hits both sides alike."""
     analyzer = Analyzer(model, plugins=PluginHost(load=["attention"]))
     analyzer.load_model()
     analyzer.analyze("warm up", methods=METHODS, use_cache=False)
-    times = []
-    for text in texts:
-        started = time.perf_counter()
-        analyzer.analyze(text, methods=METHODS, use_cache=False)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def cache_hits(url: str, n: int) -> list[float]:
-    body = {"text": TEXTS[0], "methods": METHODS}
-    times = []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        client.post("/analyze", json=body)
-        for _ in range(n):
+    http, local = [], []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        client.post("/analyze", json={"text": "warm up", "methods": METHODS})
+        for text in texts:
             started = time.perf_counter()
-            response = client.post("/analyze", json=body)
-            times.append(time.perf_counter() - started)
-            assert response.status_code == 200
-    assert response.json()["cached"] is True
-    return times
+            response = client.post("/analyze", json={"text": text, "methods": METHODS})
+            http.append(time.perf_counter() - started)
+            assert response.status_code == 200 and response.json()["cached"] is False, response.text[:200]
+            started = time.perf_counter()
+            analyzer.analyze(text + " (in process)", methods=METHODS, use_cache=False)
+            local.append(time.perf_counter() - started)
+    return http, local
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    httpx costs more CPU per request than the server's cache-hit path, and client and
+    server share two cores here, so the load generator must be as light as possible.
+    """
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in headers.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request_body() -> bytes:
+    return msgspec.json.encode({"text": TEXTS[0], "methods": METHODS})
+
+
+async def cache_hits(url: str, n: int) -> tuple[list[float], int]:
+    client = RawClient(url)
+    await client.connect()
+    body = request_body()
+    await client.post("/analyze", body)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        status, payload = await client.post("/analyze", body)
+        times.append(time.perf_counter() - started)
+        assert status == 200
+    assert msgspec.json.decode(payload)["cached"] is True
+    client.close()
+    return times, len(payload)
 
 
 async def throughput(url: str, clients: int, per_client: int) -> tuple[float, int]:
-    body = {"text": TEXTS[0], "methods": METHODS}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await client.post("/analyze", json=body)
-        errors = 0
+    body = request_body()
+    connections = [RawClient(url) for _ in range(clients)]
+    for connection in connections:
+        await connection.connect()
+    await connections[0].post("/analyze", body)
+    errors = 0
 
-        async def one_client() -> None:
-            nonlocal errors
-            for _ in range(per_client):
-                response = await client.post("/analyze", json=body)
-                errors += response.status_code != 200
+    async def one_client(connection: RawClient) -> None:
+        nonlocal errors
+        for _ in range(per_client):
+            status, _ = await connection.post("/analyze", body)
+            errors += status != 200
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
     return clients * per_client / elapsed, errors
 
 
@@ -152,17 +189,20 @@ def main() -> None:
             try:
                 if backend == "memory":
                     texts = TEXTS[1 : 1 + args.cold]
-                    http = ms(cold_http(url, texts))
-                    local = ms(cold_in_process(args.model, [t + " (in process)" for t in texts]))
+                    http_s, local_s = cold_pairs(url, args.model, texts)
+                    http, local = ms(http_s), ms(local_s)
                     ratio = statistics.median(http) / statistics.median(local)
                     print(f"cold /analyze          median {statistics.median(http):8.1f} ms  "
                           f"(min {min(http):.1f}, max {max(http):.1f})")
                     print(f"same, in process       median {statistics.median(local):8.1f} ms  "
                           f"(min {min(local):.1f}, max {max(local):.1f})")
-                    print(f"HTTP overhead ratio    {ratio:8.2f}x  (+{statistics.median(http) - statistics.median(local):.1f} ms)")
-                hits = ms(cache_hits(url, args.hits))
-                print(f"[{backend:6}] cache hit  p50 {percentile(hits, 50):6.2f} ms  p99 {percentile(hits, 99):6.2f} ms  "
-                      f"(n={len(hits)}, target p50 < 10 ms)")
+                    extra = statistics.median(http) - statistics.median(local)
+                    print(f"HTTP overhead ratio    {ratio:8.2f}x  ({extra:+.1f} ms)")
+                seconds, size = asyncio.run(cache_hits(url, args.hits))
+                hits = ms(seconds)
+                p50, p99 = percentile(hits, 50), percentile(hits, 99)
+                print(f"[{backend:6}] cache hit  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                      f"(n={len(hits)}, {size / 1e3:.0f} kB JSON each, target p50 < 10 ms)")
                 rate, errors = asyncio.run(throughput(url, args.clients, args.per_client))
                 print(f"[{backend:6}] cached throughput at {args.clients} clients: {rate:7.0f} req/s "
                       f"({args.clients * args.per_client} requests, {errors} errors)")

@@ -13,13 +13,11 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from lmlens import Method, Need, Result, hookimpl
 from lmlens.plugins import PluginHost
 from lmlens_http import ServiceConfig, create_app
 from lmlens_http.testing import Server, running, tiny_config
 from lmlens_redis.testing import redis_server  # noqa: F401
-
 
 
 def config(**overrides: Any) -> ServiceConfig:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from lmlens_http.testing import free_port
 
 LMLENS = shutil.which("lmlens", path=str(Path(sys.executable).parent)) or "lmlens"

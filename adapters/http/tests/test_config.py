@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lmlens_http.config import ConfigError, ServiceConfig, kernel_settings, load_config
 
 

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import httpx
-
-from lmlens.forward import run_forward
+import pytest
 from lmlens.capture import Need
+from lmlens.forward import run_forward
 from lmlens_http.cancellation import CancelToken, RequestCancelled, bound, install_block_checks
 from lmlens_http.pool import AnalysisPool
 
@@ -85,10 +85,8 @@ def test_pool_counts_and_frees_slots() -> None:
     async def scenario() -> None:
         pool = AnalysisPool(workers=1, queue_size=0, timeout_s=5)
         assert await pool.run("a", lambda notify: 41 + 1) == 42
-        try:
+        with pytest.raises(ZeroDivisionError):
             await pool.run("b", lambda notify: 1 / 0)
-        except ZeroDivisionError:
-            pass
         stats = pool.stats()
         assert (stats.running, stats.queued, stats.in_flight_keys) == (0, 0, 0)
         assert await pool.run(None, lambda notify: "free again") == "free again"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from websockets.sync.client import connect
-
 from lmlens_http.ratelimit import MemoryRateLimiter, RateLimiter
+from websockets.sync.client import connect
 
 
 def test_post_requests_are_limited_per_client(make_server, plain_host) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from websockets.sync.client import connect
-
 from lmlens import wire
+from websockets.sync.client import connect
 
 
 def receive_until_done(ws) -> list[dict]:

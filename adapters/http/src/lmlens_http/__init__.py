@@ -9,7 +9,7 @@ bounded pool, encode the result as JSON or MessagePack.
 
 __version__ = "0.1.0"  # before the imports: submodules read it
 
-from lmlens_http.app import create_app  # noqa: E402
-from lmlens_http.config import ServiceConfig, load_config  # noqa: E402
+from lmlens_http.app import create_app
+from lmlens_http.config import ServiceConfig, load_config
 
 __all__ = ["ServiceConfig", "__version__", "create_app", "load_config"]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lmlens.models import LoadedModel
+
 from lmlens_http.errors import RequestTimeoutError
 
 

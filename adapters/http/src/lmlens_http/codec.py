@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+from lmlens import wire
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmlens import wire
 from lmlens_http.errors import (
     BodyTooLargeError,
     MalformedBodyError,
@@ -71,9 +71,6 @@ def decode_bytes(body: bytes, typ: type[T], *, msgpack: bool) -> T:
 async def decode_request(request: Request, typ: type[T], limit: int) -> T:
     content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
     msgpack = content_type in _MSGPACK_TYPES
-    if not msgpack and content_type not in (JSON, "", "text/plain", "application/*+json"):
-        if not content_type.endswith("+json"):
-            raise UnsupportedMediaTypeError(
-                f"send {JSON} or {MSGPACK}, not {content_type}", field="content-type"
-            )
+    if not msgpack and content_type not in (JSON, "", "text/plain") and not content_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"send {JSON} or {MSGPACK}, not {content_type}", field="content-type")
     return decode_bytes(await read_body(request, limit), typ, msgpack=msgpack)

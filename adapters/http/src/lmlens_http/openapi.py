@@ -11,12 +11,12 @@ import html
 import json
 from typing import Any
 
+from lmlens import wire
+from lmlens.wire import ErrorBody, PluginInfo
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from lmlens import wire
-from lmlens.wire import ErrorBody, PluginInfo
 from lmlens_http.schemas import Health, ModelRow
 
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")

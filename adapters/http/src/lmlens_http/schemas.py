@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-
 from lmlens.wire import AnalysisResult, ErrorBody, PluginInfo
-
 
 
 class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,7 +86,7 @@ class RequestTypes:
             attr = f"m{i}"  # method names need not be identifiers
             rename[attr] = name
             fields.append((attr, method.params | None, None))
-        self.params = msgspec.defstruct(
+        self.params: type[Any] = msgspec.defstruct(
             "MethodParams", fields, kw_only=True, frozen=True, forbid_unknown_fields=True, rename=rename,
             omit_defaults=True,
         )
@@ -99,9 +97,10 @@ class RequestTypes:
             ("methods", list[str], msgspec.field(default_factory=lambda: ["attention"])),
             ("params", self.params, empty),
         ]
-        options = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
-        self.analyze = msgspec.defstruct("AnalyzeRequest", [("text", str), *common], **options)
-        self.batch = msgspec.defstruct(
+        self.analyze: type[Any] = msgspec.defstruct(
+            "AnalyzeRequest", [("text", str), *common], kw_only=True, frozen=True, forbid_unknown_fields=True
+        )
+        self.batch: type[Any] = msgspec.defstruct(
             "BatchRequest",
             [
                 ("texts", Annotated[list[str], msgspec.Meta(min_length=1)]),
@@ -109,17 +108,21 @@ class RequestTypes:
                 # texts per pool job; None: min(8, max_batch_size)
                 ("batch_size", Annotated[int, msgspec.Meta(ge=1)] | None, None),
             ],
-            **options,
+            kw_only=True,
+            frozen=True,
+            forbid_unknown_fields=True,
         )
-        self.ws_analyze = msgspec.defstruct(
+        self.ws_analyze: type[Any] = msgspec.defstruct(
             "WsAnalyze",
             [("text", str), *common, ("id", str | None, None)],
             tag="analyze",
             tag_field="type",
-            **options,
+            kw_only=True,
+            frozen=True,
+            forbid_unknown_fields=True,
         )
         self.result = result_type
-        self.batch_result = msgspec.defstruct(
+        self.batch_result: type[Any] = msgspec.defstruct(
             "BatchResult", [("results", list[result_type])], kw_only=True, frozen=True  # type: ignore[valid-type]
         )
 

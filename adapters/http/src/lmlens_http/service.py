@@ -9,21 +9,22 @@ one computation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 import msgspec
-
 from lmlens import Analyzer, wire
 from lmlens.errors import LmlensError
 from lmlens.method import Method
 from lmlens.models import LoadedModel
 from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
+
 import lmlens_http
 from lmlens_http import codec
 from lmlens_http.caching import EncodedResponses, build_cache
@@ -153,6 +154,9 @@ class Service:
         self._loaded[spec] = loaded
         return loaded
 
+    def _load_for_pool(self, spec: str, notify: Notify) -> LoadedModel:
+        return self.load(spec)
+
     def compute(self, prep: Prepared, notify: Notify) -> AnalysisResult:
         self.load(prep.model)
         return self.analyzer.analyze(
@@ -195,10 +199,7 @@ class Service:
         async def run(chunk: list[Prepared]) -> list[AnalysisResult]:
             async with gate:
                 key = hashlib.sha256("".join(p.fingerprint for p in chunk).encode()).hexdigest()
-                work: Callable[[Notify], list[AnalysisResult]] = lambda notify: self._compute_many(
-                    chunk, notify
-                )
-                return await self.pool.run(key, work)
+                return await self.pool.run(key, functools.partial(self._compute_many, chunk))
 
         tasks = [asyncio.ensure_future(run(chunk)) for chunk in chunks]
         try:
@@ -213,7 +214,7 @@ class Service:
         for spec in self.config.preload:
             if spec not in self.allowed:
                 raise ModelNotAllowedError(f"preload model {spec!r} is not in the allowlist", field="preload")
-            await self.pool.run(None, lambda notify, spec=spec: self.load(spec), timeout_s=600)
+            await self.pool.run(None, functools.partial(self._load_for_pool, spec), timeout_s=600)
 
     def loaded_models(self) -> list[str]:
         return sorted(self._loaded.keys())
