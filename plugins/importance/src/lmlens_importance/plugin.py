@@ -73,6 +73,15 @@ def _within(run: IntegratedRun, tolerance: float) -> bool:
     return run.relative_delta <= tolerance
 
 
+def _near_zero(baseline: torch.Tensor, special: torch.Tensor) -> bool:
+    rows = baseline[0, ~special.to(baseline.device)]  # [slots, d_model]
+    return bool(rows.numel()) and bool((rows.norm(dim=-1) < 1e-6).any())
+
+
+def _uses_rms_norm(model: torch.nn.Module) -> bool:
+    return any("RMSNorm" in type(m).__name__ for m in model.modules())
+
+
 def run_importance(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     check_params(params)
     loaded = trace.model
@@ -108,6 +117,12 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
             loaded, objective.embeds, special, params.baseline, text=params.baseline_text
         )
         check_path(params.path, baseline, special)
+        if _near_zero(baseline, special) and _uses_rms_norm(loaded.model):
+            warnings.append(
+                "the baseline embeddings are zero and this model normalises with RMSNorm: near the "
+                "baseline the norm's 1/sqrt(eps) gain makes the integrand explode, so expect a large "
+                "convergence delta; a pad, mask or text baseline converges far better"
+            )
         f_input, f_baseline = endpoint_values(objective, baseline)
         passes += 1
         run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch,
