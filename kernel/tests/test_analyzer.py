@@ -19,7 +19,7 @@ from lmlens import (
     wire,
 )
 from lmlens.cache import MemoryCache
-from lmlens.errors import MethodFailedError
+from lmlens.errors import LmlensError, MethodFailedError
 from lmlens.plugins import PluginHost
 from lmlens.settings import Settings
 
@@ -240,8 +240,9 @@ def test_no_patterns_needed_runs_sdpa(analyzer) -> None:
 def test_submit_validates_before_queueing(analyzer) -> None:
     with pytest.raises(InvalidParamsError, match="invalid params for job 'analyze_batch'"):
         analyzer.submit("analyze_batch", {"texts": "not a list"})
-    with pytest.raises(UnknownMethodError, match="unknown job kind"):
+    with pytest.raises(LmlensError, match="unknown job kind") as info:
         analyzer.submit("teleport", {})
+    assert info.value.code == "unknown_job_kind"
 
 
 def test_job_queue_hook_receives_valid_jobs(analyzer) -> None:
@@ -297,3 +298,20 @@ def test_analyze_batch_job_resumes_from_done_items(analyzer) -> None:
         assert a["tokens"] == b["tokens"] and a["methods"] == b["methods"]
     assert resumed.events == [1.0]  # only the third text was analysed again
     assert full[2]["text"] == "three"
+
+
+def test_allowed_models_limit_what_loads(tiny_models, host, tmp_path) -> None:
+    settings = Settings(cache_dir=str(tmp_path), allowed_models=["tiny-gpt2"], default_model="tiny-gpt2")
+    analyzer = Analyzer(plugins=host, settings=settings)
+    assert analyzer.analyze("ok", methods=["resid_norm"]).model.name == "tiny-gpt2"
+    for spec in ["tiny-llama", str(tmp_path), "someone/model"]:
+        with pytest.raises(UnknownModelError, match="not allowed here"):
+            analyzer.analyze("no", methods=["resid_norm"], model=spec)
+    assert analyzer.load_options().allow_hub is False
+
+
+def test_allowed_models_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("LMLENS_MODELS", "tiny-gpt2, minilm-l6")
+    assert Settings.from_env().allowed_models == ["tiny-gpt2", "minilm-l6"]
+    monkeypatch.delenv("LMLENS_MODELS")
+    assert Settings.from_env().allowed_models is None

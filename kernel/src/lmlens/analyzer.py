@@ -20,6 +20,7 @@ from lmlens.errors import (
     MemoryLimitError,
     MethodFailedError,
     TextTooLongError,
+    UnknownModelError,
 )
 from lmlens.estimate import DEFAULT_FLOPS_PER_SECOND, ProcessingEstimate, estimate, forward_flops
 from lmlens.forward import run_forward
@@ -73,6 +74,7 @@ class Analyzer:
             cache_dir=self.settings.cache_path,
             aliases=dict(self.plugins.aliases),
             architectures=list(self.plugins.architectures),
+            allow_hub=self.settings.allowed_models is None,
         )
 
     def load_model(self, spec: str | None = None) -> LoadedModel:
@@ -80,6 +82,11 @@ class Analyzer:
         if spec is None and self._model is not None:
             return self._model
         spec = spec or self.model_spec
+        allowed = self.settings.allowed_models
+        if allowed is not None and spec not in allowed:
+            raise UnknownModelError(
+                f"model {spec!r} is not allowed here; choose one of: {', '.join(allowed)}", field="model"
+            )
 
         def load(spec: str, options: LoadOptions) -> LoadedModel:
             loaded = self.plugins.pm.hook.load_model(spec=spec, options=options)

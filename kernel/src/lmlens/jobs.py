@@ -17,6 +17,10 @@ import msgspec
 from lmlens.errors import LmlensError
 
 
+class UnknownJobKindError(LmlensError):
+    code = "unknown_job_kind"
+
+
 class JobCancelled(LmlensError):
     code = "job_cancelled"
     http_status = 409

@@ -21,7 +21,7 @@ import pluggy
 from lmlens import hookspecs
 from lmlens.architectures import Architecture
 from lmlens.errors import UnknownMethodError
-from lmlens.jobs import Job
+from lmlens.jobs import Job, UnknownJobKindError
 from lmlens.method import Method
 from lmlens.models import ModelAlias
 from lmlens.wire import PluginInfo
@@ -151,7 +151,7 @@ class PluginHost:
             return self.jobs[kind]
         except KeyError:
             known = ", ".join(sorted(self.jobs)) or "none"
-            raise UnknownMethodError(f"unknown job kind {kind!r}; known: {known}", field="kind") from None
+            raise UnknownJobKindError(f"unknown job kind {kind!r}; known: {known}", field="kind") from None
 
     def plugin_version(self, name: str) -> str:
         record = self._records.get(name)

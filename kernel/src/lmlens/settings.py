@@ -31,6 +31,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_document_chars: int = 5_000_000
     model_lru_size: int = 2
     memory_limit_gb: float = 16.0
+    # When set, only these model specs load (a service, a worker); hub ids are never fetched.
+    allowed_models: list[str] | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_document_chars=_env_int("LMLENS_MAX_DOCUMENT_CHARS", 5_000_000),
             model_lru_size=_env_int("LMLENS_MODEL_LRU_SIZE", 2),
             memory_limit_gb=_env_float("MEMORY_LIMIT_GB", 16.0),
+            allowed_models=[m.strip() for m in os.environ["LMLENS_MODELS"].split(",") if m.strip()]
+            if os.environ.get("LMLENS_MODELS")
+            else None,
         )
 
     @property

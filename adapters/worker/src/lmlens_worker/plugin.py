@@ -1,0 +1,96 @@
+"""Hook implementations: the job queue for Analyzer.submit, and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from lmlens import hookimpl, wire
+from lmlens.cli import friendly_errors
+
+
+@hookimpl
+def job_queue() -> Any:
+    if not os.environ.get("REDIS_URL"):
+        return None
+    from lmlens_worker.queue import RedisJobQueue
+
+    return RedisJobQueue()
+
+
+def _queue() -> Any:
+    from lmlens.errors import InvalidParamsError
+    from lmlens_worker.queue import RedisJobQueue
+
+    if not os.environ.get("REDIS_URL"):
+        raise InvalidParamsError("set REDIS_URL to the Redis the workers use", field="REDIS_URL")
+    return RedisJobQueue()
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command("worker")
+    @click.option("--processes", "-p", default=1, show_default=True, help="worker processes")
+    @click.option("--threads", "-t", default=1, show_default=True, help="threads per process")
+    def worker(processes: int, threads: int) -> None:
+        """Start Dramatiq workers that run lmlens jobs from REDIS_URL."""
+        from lmlens_worker.settings import WorkerSettings
+
+        queue = WorkerSettings.from_env().queue
+        args = [sys.executable, "-m", "dramatiq", "lmlens_worker.actors", "--processes", str(processes),
+                "--threads", str(threads), "--queues", queue, f"{queue}.DQ"]
+        os.execv(sys.executable, args)
+
+    @cli.group("jobs")
+    def jobs() -> None:
+        """Submit and follow jobs on the workers (needs REDIS_URL)."""
+
+    @jobs.command("submit")
+    @click.argument("kind")
+    @click.argument("params", default="{}")
+    @click.option("--wait", type=float, default=None, help="wait this many seconds for the result")
+    @friendly_errors
+    def submit(kind: str, params: str, wait: float | None) -> None:
+        """Submit a job of KIND with PARAMS (JSON); print its id."""
+        try:
+            payload = json.loads(params)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"PARAMS is not JSON: {exc}") from None
+        queue = _queue()
+        job_id = queue.submit(kind, payload)
+        click.echo(job_id)
+        if wait is not None:
+            click.echo(wire.to_json(queue.result(job_id, timeout=wait)))
+
+    @jobs.command("status")
+    @click.argument("job_id")
+    @friendly_errors
+    def status(job_id: str) -> None:
+        """Print a job's status, progress and error as JSON."""
+        click.echo(wire.to_json(_queue().status(job_id)))
+
+    @jobs.command("result")
+    @click.argument("job_id")
+    @click.option("--timeout", type=float, default=None)
+    @friendly_errors
+    def result(job_id: str, timeout: float | None) -> None:
+        """Wait for a job and print its result as JSON."""
+        click.echo(wire.to_json(_queue().result(job_id, timeout=timeout)))
+
+    @jobs.command("cancel")
+    @click.argument("job_id")
+    @friendly_errors
+    def cancel(job_id: str) -> None:
+        """Ask a job to stop."""
+        click.echo("cancelled" if _queue().cancel(job_id) else "already finished")
+
+
+@hookimpl
+def register_routes(register: Any) -> None:
+    from lmlens_worker import routes
+
+    routes.register(register)

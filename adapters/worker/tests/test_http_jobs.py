@@ -1,0 +1,60 @@
+"""POST /jobs, GET /jobs/{id}, DELETE /jobs/{id} on the real service, with a real worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import wait_for, worker_env
+
+http = pytest.importorskip("lmlens_http", reason="the /jobs routes are served by lmlens-http")
+
+
+@pytest.fixture
+def server(redis_server, test_plugins, monkeypatch):
+    from lmlens_http.app import create_app
+    from lmlens_http.config import ServiceConfig
+    from lmlens_http.testing import running
+
+    for key, value in worker_env(redis_server.url).items():
+        if key.startswith(("LMLENS_", "REDIS_URL")):
+            monkeypatch.setenv(key, value)
+    config = ServiceConfig(port=0, redis_url=redis_server.url, models=["tiny-gpt2"], default_model="tiny-gpt2",
+                           rate_limit=0)
+    with running(create_app(config)) as running_server:
+        yield running_server
+
+
+def test_jobs_over_http(server, redis_server, test_plugins, start_worker) -> None:
+    start_worker(worker_env(redis_server.url, test_plugins))
+    with server.client() as client:
+        accepted = client.post("/jobs", json={"kind": "analyze_batch",
+                                              "params": {"texts": ["one", "two"], "model": "tiny-gpt2"}})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        assert accepted.headers["location"] == f"/jobs/{job_id}"
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json()["status"] == "done", 120, "the job")
+        body = client.get(f"/jobs/{job_id}").json()
+        assert body["progress"] == 1.0 and [r["text"] for r in body["result"]] == ["one", "two"]
+        assert client.delete(f"/jobs/{job_id}").json() == {"id": job_id, "cancelled": False}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ({"kind": "analyze_batch", "params": {"texts": "x"}}, 422, "invalid_params"),
+        ({"kind": "analyze_batch", "params": {"texts": ["x"], "model": "/etc/passwd"}}, 403, "model_not_allowed"),
+        ({"kind": "nope"}, 400, "unknown_job_kind"),
+        ({"kind": "analyze_batch", "extra": 1}, 422, "invalid_params"),
+    ],
+)
+def test_bad_job_requests(server, payload, status, code) -> None:
+    with server.client() as client:
+        answer = client.post("/jobs", json=payload)
+    assert answer.json()["code"] == code, answer.text
+    assert answer.status_code == status
+
+
+def test_unknown_job_is_404(server) -> None:
+    with server.client() as client:
+        answer = client.get("/jobs/does-not-exist")
+    assert answer.status_code == 404 and answer.json()["code"] == "unknown_job"
