@@ -51,6 +51,6 @@ def test_flow_on_two_layer_models_matches_the_closed_form(tiny_analyzer, tiny_mo
 
 def test_flow_refuses_long_texts(tiny_analyzer) -> None:
     with pytest.raises(InvalidParamsError) as info:
-        tiny_analyzer("gpt2").analyze("x" * 40, methods=["attention_rollout"],
+        tiny_analyzer("gpt2").analyze("x" * 100, methods=["attention_rollout"],
                                       params={"attention_rollout": {"flow": True}})
     assert info.value.field == "params.attention_rollout.flow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -151,3 +152,37 @@ def test_positional_score_against_a_loop() -> None:
             if len(qs) >= (n - 1) // 2:
                 best = max(best, sum(float(p[0, h, q, j]) for q in qs) / len(qs))
         assert got[h].item() == pytest.approx(best, rel=1e-5)
+
+
+def random_causal(n: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    logits = torch.randn(2, 3, n, n).masked_fill(torch.triu(torch.ones(n, n), 1).bool(), float("-inf"))
+    return torch.softmax(logits, -1)
+
+
+@pytest.mark.parametrize("n", [64, 130, 257])
+def test_causal_row_blocks_read_every_nonzero_cell(n: int) -> None:
+    """The block path (long causal maps) equals the plain formulas over the whole map."""
+    from lmlens_attention.methods import attention_summary
+
+    p = random_causal(n)
+    full_entropy = -torch.xlogy(p.double(), p.double()).sum(-1).mean(-1)
+    torch.testing.assert_close(scores.attention_entropy(p, causal=True).double(), full_entropy, rtol=1e-5, atol=1e-6)
+    for top_k in (3, 10):  # 10 > the first block's 8 keys when n = 64: falls back to whole rows
+        got = attention_summary(p, causal=True, top_k=top_k)
+        ref = torch.topk(p, k=top_k, dim=-1)
+        torch.testing.assert_close(got["top_weights"], ref.values)
+        # keys agree wherever the weight is not a tie at 0 (early queries have < k keys)
+        torch.testing.assert_close(got["top_keys"][ref.values > 0], ref.indices[ref.values > 0])
+        torch.testing.assert_close(p.gather(-1, got["top_keys"]), ref.values)
+    blocks = scores.causal_row_blocks(n, n, causal=True)
+    assert blocks[0][0] == 0 and blocks[-1][1] == n and len(blocks) == 8
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+
+
+def test_mean_distance_causal_shortcut_equals_the_definition() -> None:
+    p = random_causal(70, seed=3)
+    n = p.shape[-1]
+    q, k = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    ref = (p.double() * (q - k).abs()).sum(-1).mean(-1)
+    torch.testing.assert_close(scores.mean_attention_distance(p, causal=True).double(), ref, rtol=1e-5, atol=1e-5)
