@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=400)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=20)
-    parser.add_argument("--backends", default="memory,redis")
+    parser.add_argument("--backends", default="memory,redis,redis-nomemo")
     args = parser.parse_args()
     os.environ.setdefault("LMLENS_CACHE_DIR", "/tmp/lmcache")
     work = Path(tempfile.mkdtemp(prefix="lmlens-bench-"))
@@ -182,7 +182,13 @@ def main() -> None:
     redis = RedisServer(shutil.which("redis-server"))
     redis.start()
     try:
-        for backend, extra in (("memory", {}), ("redis", {"REDIS_URL": redis.url})):
+        backends = (
+            ("memory", {}),
+            ("redis", {"REDIS_URL": redis.url}),
+            # every hit read from Redis, decoded and encoded again: the memo's worth
+            ("redis-nomemo", {"REDIS_URL": redis.url, "API_RESPONSE_MEMO_MB": "0"}),
+        )
+        for backend, extra in backends:
             if backend not in args.backends.split(","):
                 continue
             process, url = start_server(args.model, extra, work / f"{backend}.log")
@@ -201,10 +207,10 @@ def main() -> None:
                 seconds, size = asyncio.run(cache_hits(url, args.hits))
                 hits = ms(seconds)
                 p50, p99 = percentile(hits, 50), percentile(hits, 99)
-                print(f"[{backend:6}] cache hit  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+                print(f"[{backend:12}] cache hit  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
                       f"(n={len(hits)}, {size / 1e3:.0f} kB JSON each, target p50 < 10 ms)")
                 rate, errors = asyncio.run(throughput(url, args.clients, args.per_client))
-                print(f"[{backend:6}] cached throughput at {args.clients} clients: {rate:7.0f} req/s "
+                print(f"[{backend:12}] cached throughput at {args.clients} clients: {rate:7.0f} req/s "
                       f"({args.clients * args.per_client} requests, {errors} errors)")
             finally:
                 stop(process)

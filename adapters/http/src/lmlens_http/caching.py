@@ -48,7 +48,7 @@ def build_cache(config: ServiceConfig) -> CacheBackend:
         return CacheBackend(MemoryTTLCache(config.memory_cache_entries, config.cache_ttl), "memory")
     from lmlens_redis import RedisCache, RedisLink  # optional: lmlens-http[redis]
 
-    link = RedisLink(config.redis_url)
+    link = RedisLink(config.redis_url, socket_timeout=config.redis_timeout_s)
     return CacheBackend(RedisCache(link, default_ttl=config.cache_ttl), "redis", link)
 
 

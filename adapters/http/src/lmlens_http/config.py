@@ -33,6 +33,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     model_cache_dir: str = ""  # "" = the kernel's default (LMLENS_CACHE_DIR or the user cache)
     redis_url: str | None = None  # None: cache and rate limits in process
     cache_ttl: Seconds = 3600.0
+    redis_timeout_s: Seconds = 1.0  # one Redis call; past it the request goes uncached
     max_batch_size: Positive = 32
     max_sequence_length: Positive = 2048
     memory_limit_gb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
@@ -58,6 +59,7 @@ ENVIRONMENT = {
     "MODEL_CACHE_DIR": "model_cache_dir",
     "REDIS_URL": "redis_url",
     "CACHE_TTL": "cache_ttl",
+    "REDIS_TIMEOUT": "redis_timeout_s",
     "MAX_BATCH_SIZE": "max_batch_size",
     "MAX_SEQUENCE_LENGTH": "max_sequence_length",
     "MEMORY_LIMIT_GB": "memory_limit_gb",

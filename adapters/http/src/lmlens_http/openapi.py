@@ -63,11 +63,20 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
     schemas, components = wire.json_schema(*named)
     refs = dict(zip(map(id, named), map(_rewrite_refs, schemas), strict=True))
     components = _rewrite_refs(components)
+    # Rules the server checks after decoding (kernel checks, the allowlist, limits),
+    # written into the document so that clients and fuzzers know them up front.
+    text_rule = {"type": "string", "minLength": 1, "maxLength": service.settings.max_text_chars,
+                 "pattern": "\\S", "description": "not only whitespace"}
     for name in ("AnalyzeRequest", "BatchRequest"):
         props = components[name]["properties"]
         props["methods"]["items"] = {"type": "string", "enum": sorted(service.host.methods)}
+        props["methods"].update(minItems=1, uniqueItems=True)
         props["model"] = {"anyOf": [{"type": "string", "enum": service.allowed}, {"type": "null"}],
                           "default": None}
+    components["AnalyzeRequest"]["properties"]["text"] = text_rule
+    batch = components["BatchRequest"]["properties"]
+    batch["texts"].update(items=text_rule, maxItems=service.config.max_batch_size)
+    batch["batch_size"]["anyOf"][0]["maximum"] = service.config.max_batch_size
     errors = {
         status: {"description": text, "content": _content({"$ref": "#/components/schemas/ErrorBody"})}
         for status, text in ERRORS.items()

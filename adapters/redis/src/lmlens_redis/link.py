@@ -50,7 +50,7 @@ class RedisLink:
         self,
         url: str,
         *,
-        socket_timeout: float = 0.5,
+        socket_timeout: float = 1.0,
         retry_after: float = 1.0,
         client: redis.Redis | None = None,
     ) -> None:
