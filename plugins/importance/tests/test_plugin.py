@@ -1,0 +1,64 @@
+"""The plugin as users meet it: entry point, CLI, wire round trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from lmlens import wire
+from lmlens.cli import cli
+from lmlens_importance import ImportanceResult
+
+
+def test_entry_point_lists_the_method(plugin_host):
+    info = {i.name: i for i in plugin_host.infos()}["importance"]
+    assert info.error is None and info.dist == "lmlens-importance"
+    assert info.methods == ["importance"]
+    assert "register_panels" in info.hooks
+
+
+def test_needs_nothing_from_the_shared_pass(plugin_host, tiny_models):
+    from lmlens_importance.params import ImportanceParams
+
+    method = plugin_host.methods["importance"]
+    assert list(method.needs(tiny_models["gpt2"].info, ImportanceParams())) == []
+
+
+def test_cli_plugins_and_analyze(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLENS_CACHE_DIR", str(tmp_path))
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["plugins", "--json"], obj={})
+    assert listed.exit_code == 0
+    assert "importance" in {p["name"] for p in json.loads(listed.output)}
+    out = tmp_path / "r.json"
+    ran = runner.invoke(cli, ["analyze", "The cat sat.", "-m", "importance", "--model", "tiny-gpt2",
+                              "-p", "importance.method=gradient_x_input", "-o", str(out)], obj={})
+    assert ran.exit_code == 0, ran.output
+    body = json.loads(out.read_bytes())["methods"]["importance"]
+    assert body["kind"] == "importance" and body["method"] == "gradient_x_input"
+    bad = runner.invoke(cli, ["analyze", "x", "-m", "importance", "--model", "tiny-bert"], obj={})
+    assert bad.exit_code == 2 and "invalid_params" in bad.output
+
+
+def test_result_round_trips_through_json_and_msgpack(tiny_analyzer):
+    result = tiny_analyzer("gpt2").analyze("The cat sat.", methods=["importance"])
+    typed = wire.result_type([ImportanceResult])
+    for encode, decode in ((wire.to_json, wire.from_json), (wire.to_msgpack, wire.from_msgpack)):
+        back = decode(encode(result), typed).methods["importance"]
+        found = result.methods["importance"]
+        assert isinstance(back, ImportanceResult)
+        assert np.allclose(back.scores, found.scores) and back.words == found.words
+        assert back.convergence == found.convergence
+        assert np.allclose(back.faithfulness.deletion_curve, found.faithfulness.deletion_curve)
+
+
+def test_token_scores_carry_offsets(tiny_analyzer):
+    result = tiny_analyzer("gpt2").analyze("The cat sat.", methods=["importance"], params={
+        "importance": {"method": "gradient"}})
+    found = result.methods["importance"]
+    assert [(t.start, t.end, t.text) for t in found.tokens] == [
+        (t.start, t.end, t.text) for t in result.tokens]
+    assert max(abs(t.normalized) for t in found.tokens) == 1.0
+    assert all(t.score >= 0 for t in found.tokens)  # saliency is a norm
