@@ -89,3 +89,37 @@ def test_result_survives_json_and_msgpack(tiny_analyzer) -> None:
         np.testing.assert_array_equal(att.patterns, orig.patterns)
         np.testing.assert_array_equal(att.top_keys, orig.top_keys)
         assert att.top_keys.dtype == np.int32
+
+
+def test_every_result_type_round_trips_and_has_a_schema(tiny_analyzer) -> None:
+    from lmlens_attention import METHODS
+
+    methods = [m.name for m in METHODS]
+    params = {"attention_rollout": {"flow": True, "per_layer": True}}
+    result = tiny_analyzer("llama").analyze("Round trip.", methods=methods, params=params)
+    typed = wire.result_type([m.result for m in METHODS])
+    back = wire.from_msgpack(wire.to_msgpack(result), typed)
+    from_json = wire.from_json(wire.to_json(result), typed)
+    for name in methods:
+        for got in (back.methods[name], from_json.methods[name]):
+            assert type(got) is type(result.methods[name])
+            for field in got.__struct_fields__:
+                a, b = getattr(got, field), getattr(result.methods[name], field)
+                if isinstance(b, np.ndarray):
+                    np.testing.assert_allclose(a, b, rtol=1e-6)
+                else:
+                    assert a == b
+    _, components = wire.json_schema(typed)
+    assert {m.result.__name__ for m in METHODS} <= set(components)
+
+
+def test_cached_score_helpers_work_outside_inference_mode() -> None:
+    """The reducers' cached index tensors are built once, possibly inside a capture pass."""
+    from lmlens_attention import scores
+
+    with torch.inference_mode():
+        scores.mean_attention_distance(torch.full((1, 1, 5, 5), 0.2))
+        scores.positional_score(torch.full((1, 1, 5, 5), 0.2), causal=False)
+    p = torch.full((1, 1, 5, 5), 0.2, requires_grad=True)
+    (scores.mean_attention_distance(p) + scores.positional_score(p, causal=False)).sum().backward()
+    assert p.grad is not None

@@ -37,6 +37,7 @@ __all__ = [
     "ATTENTION_ROLLOUT",
     "HEAD_IMPORTANCE",
     "HEAD_PATTERNS",
+    "METHODS",
     "PROBE_CACHE",
     "AttentionParams",
     "AttentionResult",

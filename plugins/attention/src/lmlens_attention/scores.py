@@ -57,6 +57,7 @@ def sink_mass(pattern: torch.Tensor, causal: bool = True) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
+@torch.inference_mode(False)  # cached: must stay usable outside inference mode too
 def _distance(n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
     q = torch.arange(n_q, device=device)[:, None]
     k = torch.arange(n_k, device=device)[None, :]
@@ -101,6 +102,7 @@ def locality_score(pattern: torch.Tensor, window: int, causal: bool = True) -> t
 
 
 @lru_cache(maxsize=16)
+@torch.inference_mode(False)
 def _offset_layout(
     n: int, causal: bool, device: torch.device
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
