@@ -81,6 +81,11 @@ class ControlledPlugin:
         register("/echo/upper", upper, methods=["POST"], request=EchoBody, response=EchoBody,
                  summary="a plugin's own route")
 
+        async def repeat(request: Any) -> EchoBody:
+            return EchoBody(word=request.path_params["word"] * request.path_params["times"])
+
+        register("/echo/{word}/{times:int}", repeat, methods=["GET"], response=EchoBody)
+
 
 class GreedyPlugin:
     """Asks for a path the service already serves: reported, not fatal."""

@@ -152,3 +152,12 @@ def test_integer_beyond_64_bits_is_a_422_not_a_500(server) -> None:
         response = client.post("/analyze", json={"text": "x", "params": {"attention": {"layers": [2**70]}}})
     assert response.status_code == 422
     assert response.json()["field"] == "params.attention"
+
+
+def test_the_kernel_enforces_the_same_allowlist(server) -> None:
+    # defence in depth: even code that reaches the analyzer directly cannot load others
+    from lmlens.errors import UnknownModelError
+
+    assert server.service.analyzer.settings.allowed_models == server.service.allowed
+    with pytest.raises(UnknownModelError):
+        server.service.analyzer.load_model("openai-community/gpt2")

@@ -51,6 +51,8 @@ def test_openapi_describes_the_running_server(make_server, test_host) -> None:
     assert "SleepyResult" in schemas and "AttentionResult" in schemas
     assert "#/$defs/" not in str(doc)
     assert page.status_code == 200 and "POST /analyze" in page.text and "/echo/upper" in page.text
+    repeat = doc["paths"]["/echo/{word}/{times}"]["get"]
+    assert [p["name"] for p in repeat["parameters"]] == ["word", "times"] and "requestBody" not in repeat
 
 
 def test_plugin_route_is_served(make_server, test_host) -> None:
@@ -59,6 +61,7 @@ def test_plugin_route_is_served(make_server, test_host) -> None:
         response = client.post("/echo/upper", json={"word": "loud"})
         packed = client.post("/echo/upper", json={"word": "x"}, headers={"accept": "application/msgpack"})
     assert response.json() == {"word": "LOUD"}
+    assert client_get(srv, "/echo/ab/3") == {"word": "ababab"}
     assert packed.headers["content-type"] == "application/msgpack"
 
 
@@ -71,3 +74,8 @@ def test_a_plugin_taking_a_served_path_is_reported(make_server, greedy_host) -> 
     assert "register_routes" in greedy["error"] and "/analyze" in greedy["error"]
     assert health["status"] == "degraded"
     assert still_ours.status_code == 200
+
+
+def client_get(srv, path: str) -> object:
+    with srv.client() as client:
+        return client.get(path).json()

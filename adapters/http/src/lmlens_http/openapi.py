@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from lmlens import wire
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from lmlens_http.schemas import Health, ModelRow
 
+_PATH_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")
 
 # status -> the codes that come with it, for the documentation of errors
@@ -104,15 +106,20 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
         "/health": {"get": op("Models loaded, cache and Redis state, plugins", Health)},
     }
     for route in extra_routes:
-        response = route.get("response")
-        operation: dict[str, Any] = {"summary": route.get("summary") or route["path"],
-                                     "responses": {"200": {"description": "OK"}}}
-        if response is not None:
-            operation["responses"]["200"]["content"] = _content(refs[id(response)])
-        if route.get("request") is not None:
-            operation["requestBody"] = {"required": True, "content": _content(refs[id(route["request"])])}
+        # Starlette's "/jobs/{id:int}" is OpenAPI's "/jobs/{id}" with a path parameter
+        path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route["path"])
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in _PATH_PARAM.findall(route["path"])]
         for method in route["methods"]:
-            paths.setdefault(route["path"], {})[method.lower()] = operation
+            operation: dict[str, Any] = {"summary": route.get("summary") or route["path"],
+                                         "responses": {"200": {"description": "OK"}}}
+            if parameters:
+                operation["parameters"] = parameters
+            if route.get("response") is not None:
+                operation["responses"]["200"]["content"] = _content(refs[id(route["response"])])
+            if route.get("request") is not None and method.upper() not in ("GET", "DELETE", "HEAD"):
+                operation["requestBody"] = {"required": True, "content": _content(refs[id(route["request"])])}
+            paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {

@@ -55,10 +55,12 @@ class Service:
         self.host = host or PluginHost()
         self.settings = kernel_settings(config)
         self.cache = build_cache(config)
-        self.analyzer = Analyzer(settings=self.settings, plugins=self.host, cache=self.cache.cache)
         self.default_model = self.settings.default_model
         allowed = list(self.host.aliases) if config.models is None else list(config.models)
         self.allowed = list(dict.fromkeys([*allowed, self.default_model]))
+        # the kernel refuses anything else too (and never fetches from the hub then)
+        self.settings = msgspec.structs.replace(self.settings, allowed_models=self.allowed)
+        self.analyzer = Analyzer(settings=self.settings, plugins=self.host, cache=self.cache.cache)
         self.pool = AnalysisPool(config.pool_workers, config.queue_size, config.request_timeout_s)
         self.responses = EncodedResponses(config.response_memo_mb * 2**20, config.cache_ttl)
         self.limiter = build_limiter(config.rate_limit, config.rate_window_s, self.cache.link)
