@@ -93,3 +93,24 @@ def test_pool_counts_and_frees_slots() -> None:
         pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_cache_hits_and_health_do_not_wait_behind_model_work(make_server, test_host, test_plugin) -> None:
+    srv = make_server(test_host, pool_workers=1, queue_size=0)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            assert (await client.post("/analyze", json={"text": "warm"})).status_code == 200
+            slow = asyncio.ensure_future(client.post("/analyze", json=sleepy("busy", 1.0)))
+            while test_plugin.ran("sleepy", "busy") == 0:  # the only worker is now asleep
+                await asyncio.sleep(0.01)
+            hit = await client.post("/analyze", json={"text": "warm"})
+            health = await client.get("/health")
+            busy = await client.post("/analyze", json={"text": "needs the pool"})
+            assert not slow.done()  # all three answered while the model work still ran
+            assert hit.status_code == 200 and hit.json()["cached"] is True
+            assert health.json()["pool"]["running"] == 1
+            assert busy.status_code == 503  # no thread and no queue left: refused, not piled up
+            assert (await slow).status_code == 200
+
+    asyncio.run(scenario())
