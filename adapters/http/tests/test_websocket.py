@@ -84,3 +84,12 @@ def test_msgpack_frames_get_msgpack_answers(server) -> None:
     array = np.frombuffer(patterns["data"], dtype=patterns["dtype"]).reshape(patterns["shape"])
     assert array.shape == (2, 4, 6, 6)
     np.testing.assert_allclose(array.sum(-1), 1.0, rtol=1e-5)  # each row a distribution
+
+
+def test_progress_messages_for_every_stage() -> None:
+    from lmlens_http.websocket import progress_message
+
+    assert progress_message("start", "").message == "forward pass started"
+    assert progress_message("end", "attention").method == "attention"
+    window = progress_message("window", "2/5")
+    assert (window.stage, window.message, window.method) == ("window", "window 2/5", None)

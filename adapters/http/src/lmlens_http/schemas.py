@@ -50,8 +50,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 class ProgressData(msgspec.Struct, frozen=True, kw_only=True):
     message: str
-    method: str | None  # None for the shared forward pass
-    stage: Literal["start", "end"]
+    method: str | None  # None for the shared forward pass and for windows
+    stage: Literal["start", "end", "window"]
 
 
 class WsProgress(msgspec.Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):

@@ -23,10 +23,18 @@ from lmlens_http.schemas import ProgressData, WsComplete, WsError, WsProgress
 from lmlens_http.service import Service
 
 
-def progress_message(stage: str, method: str) -> ProgressData:
-    what = f"method {method}" if method else "forward pass"
-    verb = "started" if stage == "start" else "finished"
-    return ProgressData(message=f"{what} {verb}", method=method or None, stage="start" if stage == "start" else "end")
+def progress_message(stage: str, what: str) -> ProgressData:
+    """The kernel's ``progress(stage, what)`` as a client reads it.
+
+    ``("start" | "end", method)``, with method "" for the shared forward pass, and
+    ``("window", "i/n")`` before each window of a streaming analysis.
+    """
+    if stage == "window":
+        return ProgressData(message=f"window {what}", method=None, stage="window")
+    subject = f"method {what}" if what else "forward pass"
+    if stage == "start":
+        return ProgressData(message=f"{subject} started", method=what or None, stage="start")
+    return ProgressData(message=f"{subject} finished", method=what or None, stage="end")
 
 
 class _Session:
