@@ -13,6 +13,7 @@ from typing import Any
 
 from bokeh.embed import file_html
 from bokeh.layouts import column
+from bokeh.core.property.vectorization import value
 from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
@@ -117,7 +118,7 @@ def bokeh_layout(result: ImportanceResult, *, view: str = "tokens", width_chars:
     fig.rect("x", "y", width="w", height=0.9, source=source, line_color=None,
              fill_color={"field": "normalized", "transform": mapper})
     fig.text("left", "y", text="label", source=source, text_baseline="middle",
-             text_font="monospace", text_font_size="13px")
+             text_font=value("monospace"), text_font_size="13px")
     fig.add_tools(HoverTool(tooltips=[("text", "@label"), ("score", "@score{0.0000}"),
                                       ("normalised", "@normalized{0.000}")]))
     fig.add_layout(ColorBar(color_mapper=mapper, title="normalised score", height=10,
@@ -147,6 +148,7 @@ def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens"
     pieces = layout(result, view, width_chars)
     lines = (pieces[-1].line + 1) if pieces else 1
     char_in = 0.105
+    font = char_in * 72 / 0.62  # a monospace glyph is about 0.6 em wide: one glyph per cell
     fig = Figure(figsize=(width_chars * char_in + 0.6, lines * 0.32 + 1.1), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.02, 0.05, 0.96, 0.95 * lines * 0.32 / (lines * 0.32 + 1.1)))
@@ -156,7 +158,7 @@ def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens"
         y = -p.line * LINE_HEIGHT
         ax.add_patch(Rectangle((p.x, y - 0.45), p.width, 0.9, facecolor=cmap(norm(p.normalized)),
                                edgecolor="none"))
-        ax.text(p.x + 0.05, y, p.label, family="monospace", fontsize=9, va="center", ha="left")
+        ax.text(p.x + 0.05, y, p.label, family="monospace", fontsize=font, va="center", ha="left")
     ax.set_xlim(-0.5, width_chars + 0.5)
     ax.set_ylim(-lines * LINE_HEIGHT + 0.4, 0.6)
     ax.axis("off")

@@ -141,7 +141,7 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
                 f"integrated gradients did not converge: relative delta {rel} at {run.steps} steps "
                 f"(tolerance {params.tolerance:.1%}); the scores do not add up to "
                 "f(input) - f(baseline)"
-                + ("" if params.adaptive else "; try adaptive=true or spacing='geometric'")
+                + ("" if params.adaptive else "; try adaptive=true, more steps, or a pad/mask/text baseline")
             )
     elif params.method == "gradient":
         scores = saliency(objective)
