@@ -8,7 +8,11 @@
 2. The attention HTML of a 128-token text on minilm-l6: file size and build time
    (target: < 5 MB, < 0.2 s), beside that model's forward pass.
 
-Run: LMLENS_CACHE_DIR=/tmp/lmcache python plugins/attention/bench/bench_attention.py [--skip-html]
+Wall-clock medians are what the target is about; CPU-time medians are printed beside
+them because on a machine shared with other work the wall clock swings by 2x or more.
+
+Run: LMLENS_CACHE_DIR=/tmp/lmcache python plugins/attention/bench/bench_attention.py
+     [--skip-html] [--skip-smollm] [--threads 1] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -132,7 +136,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-html", action="store_true")
     parser.add_argument("--skip-smollm", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); "
+                        "1 makes CPU times steadier on a machine shared with other work")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.skip_smollm:
         bench_smollm(args.repeats)
     if not args.skip_html:
