@@ -153,3 +153,17 @@ def test_panels_are_registered_with_the_kernel(plugin_host) -> None:
     for method in METHODS:
         assert plugin_host.panels[method] is PANELS[method]
     assert set(METHODS) <= set(plugin_host.methods)
+
+
+def test_analyzer_visualize_attention_uses_this_panel(tiny_models, plugin_host, tmp_path: Path) -> None:
+    from lmlens import Analyzer
+
+    analyzer = Analyzer(tiny_models["gpt2"], plugins=plugin_host)
+    result = analyzer.analyze(TEXT, methods=["attention", "head_patterns"])
+    analyzer.visualize_attention(result, layer=1, head=3, save_path=str(tmp_path / "a.html"))
+    assert "layer 1 head 3" in (tmp_path / "a.html").read_text(encoding="utf-8")
+    analyzer.visualize_attention(result, layer=0, head=0, save_path=str(tmp_path / "a.png"))
+    with Image.open(tmp_path / "a.png") as image:
+        assert image.format == "PNG"
+    analyzer.visualize(result, "head_patterns", save_path=str(tmp_path / "ind.html"), category="induction")
+    read_html(tmp_path / "ind.html")
