@@ -315,3 +315,9 @@ def test_allowed_models_from_the_environment(monkeypatch) -> None:
     assert Settings.from_env().allowed_models == ["tiny-gpt2", "minilm-l6"]
     monkeypatch.delenv("LMLENS_MODELS")
     assert Settings.from_env().allowed_models is None
+
+
+def test_integers_beyond_64_bits_are_invalid_params(tiny_models, host, tmp_path) -> None:
+    analyzer = Analyzer(tiny_models["gpt2"], plugins=host, cache=MemoryCache(), settings=Settings(cache_dir=str(tmp_path)))
+    with pytest.raises(InvalidParamsError, match="64 bits"):
+        analyzer.analyze("big", methods=["resid_norm"], params={"resid_norm": {"layer": 2**70}})

@@ -19,7 +19,7 @@ def server(redis_server, test_plugins, monkeypatch):
         if key.startswith(("LMLENS_", "REDIS_URL")):
             monkeypatch.setenv(key, value)
     config = ServiceConfig(port=0, redis_url=redis_server.url, models=["tiny-gpt2"], default_model="tiny-gpt2",
-                           rate_limit=0)
+                           rate_limit=0, max_batch_size=2)
     with running(create_app(config)) as running_server:
         yield running_server
 
@@ -58,3 +58,34 @@ def test_unknown_job_is_404(server) -> None:
     with server.client() as client:
         answer = client.get("/jobs/does-not-exist")
     assert answer.status_code == 404 and answer.json()["code"] == "unknown_job"
+
+
+def test_a_large_batch_becomes_a_job_and_the_websocket_follows_it(server, redis_server, test_plugins,
+                                                                   start_worker) -> None:
+    import json
+
+    from websockets.sync.client import connect
+
+    start_worker(worker_env(redis_server.url, test_plugins))
+    texts = ["alpha", "beta", "gamma"]
+    with server.client() as client:
+        small = client.post("/analyze/batch", json={"texts": texts[:2], "methods": ["attention"]})
+        assert small.status_code == 200  # at most max_batch_size: answered at once
+        big = client.post("/analyze/batch", json={"texts": texts, "methods": ["attention"]})
+        assert big.status_code == 202, big.text
+        job_id = big.json()["id"]
+        bad = client.post("/analyze/batch", json={"texts": ["ok", "ok", "  "], "methods": ["attention"]})
+        assert bad.status_code == 400 and bad.json()["field"] == "texts[2]"  # validated before queueing
+    with connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "follow", "job": job_id, "id": "f1"}))
+        events = []
+        while True:
+            message = json.loads(ws.recv(timeout=120))
+            events.append(message)
+            if message["type"] != "progress":
+                break
+        assert message["type"] == "complete" and message["id"] == "f1"
+        assert [r["text"] for r in message["data"]] == texts
+        assert all(e["data"]["stage"] == "job" for e in events[:-1]) and events[-2]["data"]["fraction"] == 1.0
+        ws.send(json.dumps({"type": "follow", "job": "missing"}))
+        assert json.loads(ws.recv(timeout=30))["data"]["code"] == "unknown_job"  # and the socket stays usable

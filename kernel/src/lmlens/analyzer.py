@@ -33,7 +33,8 @@ from lmlens.streaming import DocumentStream, collect_document
 from lmlens.wire import AnalysisResult, ModelRef, Result, Token
 
 Progress = Callable[[str, str], None]
-"""``progress(stage, method)``: stage is "start" or "end"; method is "" for the pass."""
+"""``progress(stage, what)``: ("start" | "end", method name, or "" for the shared pass), and
+("window", "i/n") before each window of a streaming analysis."""
 
 
 class Analyzer:
@@ -189,7 +190,7 @@ class Analyzer:
 
         key = None
         if self.cache is not None and use_cache:
-            key = self._cache_key(text, loaded, chosen, resolved)
+            key = self.cache_key(text, loaded, chosen, resolved)
             hit = self.cache.get(key)
             if hit is not None:
                 result = wire.from_msgpack(hit, wire.result_type(m.result for m in chosen))
@@ -380,6 +381,15 @@ class Analyzer:
             )
         return JobHandle(queue, queue.submit(kind, dict(params or {})))
 
+    @staticmethod
+    def _encoded_params(name: str, params: Any) -> bytes:
+        try:
+            return wire.to_msgpack(params)
+        except OverflowError:
+            raise InvalidParamsError(
+                f"invalid params for {name}: an integer does not fit in 64 bits", field=f"params.{name}"
+            ) from None
+
     # --- pictures ----------------------------------------------------------------------
 
     def visualize(
@@ -426,9 +436,10 @@ class Analyzer:
             )
         return result
 
-    def _cache_key(
+    def cache_key(
         self, text: str, loaded: LoadedModel, methods: Iterable[Method], params: Mapping[str, Any]
     ) -> str:
+        """The cache key of an analysis: text, model and revision, plugin versions, params."""
         keys = []
         for method in methods:
             owner = self.plugins.method_owner.get(method.name, "")
@@ -438,7 +449,7 @@ class Analyzer:
                     plugin=owner,
                     plugin_version=self.plugins.plugin_version(owner),
                     method_version=method.version,
-                    params=msgspec.Raw(wire.to_msgpack(params[method.name])),
+                    params=msgspec.Raw(self._encoded_params(method.name, params[method.name])),
                 )
             )
         return cache_key(text, loaded.name, loaded.revision, keys)

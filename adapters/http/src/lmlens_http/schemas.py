@@ -50,8 +50,22 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 class ProgressData(msgspec.Struct, frozen=True, kw_only=True):
     message: str
-    method: str | None  # None for the shared forward pass and for windows
-    stage: Literal["start", "end", "window"]
+    method: str | None  # None for the shared forward pass, windows and jobs
+    stage: Literal["start", "end", "window", "job"]
+    fraction: float | None = None  # a followed job's progress in [0, 1]
+
+
+class WsFollow(msgspec.Struct, frozen=True, kw_only=True, tag="follow", tag_field="type",
+               forbid_unknown_fields=True):
+    """Follow a queued job's progress: ``{"type": "follow", "job": "<id>"}``."""
+
+    job: str
+    id: str | None = None
+
+
+class WsJobComplete(msgspec.Struct, frozen=True, kw_only=True, tag="complete", tag_field="type"):
+    data: Any  # the job's result
+    id: str | None = None
 
 
 class WsProgress(msgspec.Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):

@@ -130,7 +130,7 @@ class Service:
         loaded = self._loaded.get(prep.model)
         if loaded is None:
             return None
-        return self.analyzer._cache_key(prep.text, loaded, prep.methods, prep.params)
+        return self.analyzer.cache_key(prep.text, loaded, prep.methods, prep.params)
 
     def cached(self, prep: Prepared, key: str | None = None) -> AnalysisResult | None:
         key = key or self.cache_key(prep)

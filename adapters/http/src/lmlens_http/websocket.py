@@ -2,7 +2,9 @@
 
 The client sends ``{"type": "analyze", "text", "methods", ...}``; the server answers
 ``progress`` events as the forward pass and each method start and end, then
-``complete`` with the result, or ``error`` with {code, message, field}. After an
+``complete`` with the result, or ``error`` with {code, message, field}. With a job
+queue (lmlens-worker, ``REDIS_URL``), ``{"type": "follow", "job": id}`` streams a
+queued job's progress (stage ``job``, with ``fraction``) and then its result. After an
 error the socket stays open for the next request. A text frame gets JSON back, a
 binary frame is read as MessagePack and answered in MessagePack.
 """
@@ -13,13 +15,27 @@ import asyncio
 from typing import Any
 
 import anyio.to_thread
+import msgspec
+from lmlens.errors import LmlensError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from lmlens_http import codec
 from lmlens_http.errors import body_of
 from lmlens_http.ratelimit import client_id
-from lmlens_http.schemas import ProgressData, WsComplete, WsError, WsProgress
+from lmlens_http.schemas import ProgressData, WsComplete, WsError, WsFollow, WsJobComplete, WsProgress
+
+FOLLOW_POLL_S = 0.25
+FINAL = {"done", "failed", "cancelled"}
+
+
+class _Kind(msgspec.Struct):
+    type: str = ""
+
+
+class NoJobQueueError(LmlensError):
+    code = "no_job_queue"
+    http_status = 503
 from lmlens_http.service import Service
 
 
@@ -51,6 +67,12 @@ class _Session:
     async def handle(self, raw: bytes, msgpack: bool) -> None:
         request_id = None
         try:
+            kind = codec.decode_bytes(raw, _Kind, msgpack=msgpack).type
+            if kind == "follow":
+                follow = codec.decode_bytes(raw, WsFollow, msgpack=msgpack)
+                request_id = follow.id
+                await self.follow(follow.job, request_id, msgpack)
+                return
             request = codec.decode_bytes(raw, self.service.types.ws_analyze, msgpack=msgpack)
             request_id = request.id
             limiter = self.service.limiter
@@ -63,6 +85,26 @@ class _Session:
         except Exception as exc:
             _, body, _ = body_of(exc)
             await self.send(WsError(data=body, id=request_id), msgpack)
+
+    async def follow(self, job_id: str, request_id: str | None, msgpack: bool) -> None:
+        """Send a progress event whenever the job's record changes, then its result."""
+        queue = await anyio.to_thread.run_sync(lambda: self.service.host.pm.hook.job_queue())
+        if queue is None:
+            raise NoJobQueueError("no job queue here: the service needs lmlens-worker and REDIS_URL")
+        last = None
+        while True:
+            status = await anyio.to_thread.run_sync(queue.status, job_id)
+            seen = (status["status"], status["progress"], status["message"])
+            if seen != last:
+                last = seen
+                data = ProgressData(message=f"{status['status']}: {status['message']}", method=None, stage="job",
+                                    fraction=float(status["progress"]))
+                await self.send(WsProgress(data=data, id=request_id), msgpack)
+            if status["status"] in FINAL:
+                break
+            await asyncio.sleep(FOLLOW_POLL_S)
+        result = await anyio.to_thread.run_sync(queue.result, job_id, 0)  # raises the job's error, if any
+        await self.send(WsJobComplete(data=result, id=request_id), msgpack)
 
     async def run(self, prep: Any, request_id: str | None, msgpack: bool) -> None:
         events: asyncio.Queue[WsProgress] = asyncio.Queue()

@@ -13,13 +13,20 @@ from lmlens import hookimpl, wire
 from lmlens.cli import friendly_errors
 
 
+_queues: dict[str, Any] = {}
+
+
 @hookimpl
 def job_queue() -> Any:
-    if not os.environ.get("REDIS_URL"):
+    """One queue per Redis URL and process: it holds a broker and a plugin host."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
         return None
-    from lmlens_worker.queue import RedisJobQueue
+    if url not in _queues:
+        from lmlens_worker.queue import RedisJobQueue
 
-    return RedisJobQueue()
+        _queues[url] = RedisJobQueue()
+    return _queues[url]
 
 
 def _queue() -> Any:
