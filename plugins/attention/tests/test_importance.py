@@ -90,14 +90,14 @@ def test_batched_ablation_equals_weight_surgery(tiny_analyzer, tiny_models, fami
 
 def test_encoder_uses_final_state_change(tiny_analyzer, tiny_models) -> None:
     loaded = tiny_models["bert"]
-    params = {"head_importance": {"ablations": ["zero"], "layers": [0]}}
+    params = {"head_importance": {"ablations": ["zero"], "layers": [1]}}  # widens at block 1
     hi = tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params).methods["head_importance"]
     assert hi.metric == "final_state_change" and hi.mean is None and hi.zero.shape == (1, 4)
     ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         clean = loaded.model(ids).last_hidden_state[0].double()
         for head in range(4):
-            out = ablate_copy(loaded, 0, head, None)(ids).last_hidden_state[0].double()
+            out = ablate_copy(loaded, 1, head, None)(ids).last_hidden_state[0].double()
             ref = ((out - clean).norm(dim=-1) / clean.norm(dim=-1)).mean().item()
             assert hi.zero[0, head] == pytest.approx(ref, rel=1e-4, abs=1e-6)
 
@@ -114,9 +114,20 @@ def test_batch_size_does_not_change_the_answer(tiny_analyzer) -> None:
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"ablations": []}, "params.head_importance.ablations"), ({"batch_size": 0}, "params.head_importance.batch_size")],
+    [
+        ({"ablations": []}, "params.head_importance.ablations"),
+        ({"batch_size": -1}, "params.head_importance.batch_size"),
+    ],
 )
 def test_bad_params_are_typed_errors(tiny_analyzer, params: dict, field: str) -> None:
     with pytest.raises(InvalidParamsError) as info:
         tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"], params={"head_importance": params})
     assert info.value.field == field
+
+
+def test_automatic_batch_size_fits_the_text(tiny_analyzer) -> None:
+    from lmlens_attention.importance import auto_batch_size
+
+    assert (auto_batch_size(15), auto_batch_size(512), auto_batch_size(5000)) == (64, 4, 1)
+    hi = tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
+    assert hi.n_passes == 2  # 16 ablations of a short text: one pass beside the clean one

@@ -5,7 +5,8 @@ whose input is the heads' outputs side by side, ``[batch, pos, n_heads * d_head]
 Ablating head h of layer l replaces its ``d_head`` slice in that input, in one row of
 the batch: zero ablation with zeros, mean ablation with the head's mean output over
 the text's positions. Row r of a pass carries ablation r, so ``batch_size`` ablations
-(of any layers) cost one pass.
+(of any layers) cost one pass, and the blocks below a pass's lowest ablated layer run
+for one row only.
 """
 
 from __future__ import annotations
@@ -47,11 +48,22 @@ def uses_loss(loaded: LoadedModel) -> bool:
 
 
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """logits [batch, pos, vocab], input_ids [batch, pos] -> [batch]: mean cross-entropy (nats)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)  # [batch, pos - 1, vocab]
+    """logits [batch, pos, vocab], input_ids [batch, pos] -> [batch]: mean cross-entropy (nats).
+
+    logsumexp minus the target's logit: no second [batch, pos, vocab] tensor of log-probs.
+    """
+    scores = logits[:, :-1].float()  # [batch, pos - 1, vocab]
     target = input_ids[:, 1:].to(logits.device)
-    loss: torch.Tensor = -logp.gather(-1, target[..., None])[..., 0].mean(-1)
+    picked = scores.gather(-1, target[..., None])[..., 0]
+    loss: torch.Tensor = (torch.logsumexp(scores, -1) - picked).mean(-1)
     return loss
+
+
+AUTO_TOKENS_PER_PASS = 2048  # batch_size=0: rows per pass so that rows x pos stays near this
+
+
+def auto_batch_size(n_tokens: int) -> int:
+    return max(1, min(64, AUTO_TOKENS_PER_PASS // max(n_tokens, 1)))
 
 
 def final_state_change(final: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -124,6 +136,29 @@ def _recording_means(loaded: LoadedModel, layers: Sequence[int], out: dict[int, 
             handle.remove()
 
 
+@contextmanager
+def _batch_from(loaded: LoadedModel, layer: int, rows: int) -> Iterator[None]:
+    """Run the text once up to block ``layer``, then as ``rows`` copies.
+
+    Below the lowest ablated layer every row is the clean run, so the pass computes
+    those blocks for one row and widens the residual stream where the ablations start;
+    masks and position embeddings made for one row broadcast over the copies.
+    """
+
+    def widen(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            x = args[0]  # [1, pos, d_model]
+            return (x.expand(rows, *x.shape[1:]).contiguous(), *args[1:]), kwargs
+        x = kwargs["hidden_states"]
+        return args, {**kwargs, "hidden_states": x.expand(rows, *x.shape[1:]).contiguous()}
+
+    handle = loaded.modules.blocks[layer].register_forward_pre_hook(widen, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @dataclass(frozen=True)
 class Importance:
     metric: str
@@ -141,6 +176,7 @@ def head_importance(
 ) -> Importance:
     loss = uses_loss(loaded)
     point = "logits" if loss else "final"
+    batch_size = batch_size or auto_batch_size(int(input_ids.shape[1]))
     means: dict[int, torch.Tensor] = {}
     with _recording_means(loaded, layers, means):
         clean_out = run_forward(loaded, [Need(point)], input_ids=input_ids)[point]  # [1, pos, *]
@@ -154,21 +190,20 @@ def head_importance(
         assert clean_state is not None
         return final_state_change(out, clean_state)
 
-    jobs = [Ablation(k, layer, h) for k in kinds for layer in layers for h in range(loaded.info.n_heads)]
-    values = np.zeros(len(jobs), dtype=np.float64)
+    # layer-major, so that the rows of one pass share their lowest ablated layer
+    jobs = [Ablation(k, layer, h) for layer in sorted(layers) for k in kinds for h in range(loaded.info.n_heads)]
+    found: dict[Ablation, float] = {}
     n_passes = 1
     for first in range(0, len(jobs), batch_size):
         rows = jobs[first : first + batch_size]
-        batch = input_ids.expand(len(rows), -1)  # [rows, pos]
-        with _ablating(loaded, rows, means):
-            got = run_forward(loaded, [Need(point, metric, name="attention.ablated")], input_ids=batch)
-        values[first : first + len(rows)] = got["attention.ablated"].double().numpy(force=True)
+        with _ablating(loaded, rows, means), _batch_from(loaded, min(a.layer for a in rows), len(rows)):
+            got = run_forward(loaded, [Need(point, metric, name="attention.ablated")], input_ids=input_ids)
+        found.update(zip(rows, got["attention.ablated"].double().tolist(), strict=True))
         n_passes += 1
     effects = {}
-    per_kind = len(layers) * loaded.info.n_heads
-    for i, kind in enumerate(kinds):
-        block = values[i * per_kind : (i + 1) * per_kind].reshape(len(layers), loaded.info.n_heads)
-        effects[kind] = (block - clean).astype(np.float32)
+    for kind in kinds:
+        grid = [[found[Ablation(kind, layer, h)] for h in range(loaded.info.n_heads)] for layer in layers]
+        effects[kind] = (np.array(grid) - clean).astype(np.float32)  # [layer, head]
     return Importance(
         metric="next_token_loss" if loss else "final_state_change",
         clean=clean,

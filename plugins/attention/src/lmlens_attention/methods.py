@@ -244,7 +244,7 @@ HEAD_PATTERNS = Method(
 class HeadImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ablations: list[Literal["zero", "mean"]] = msgspec.field(default_factory=lambda: ["zero", "mean"])
     layers: list[int] | None = None  # None: every layer
-    batch_size: int = 8  # ablated copies of the text per forward pass
+    batch_size: int = 0  # ablated copies of the text per forward pass; 0: about 2048 tokens per pass
 
 
 class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importance"):
@@ -259,7 +259,7 @@ class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importan
 
 def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence[Need]:
     pick(params.layers, info.n_layers, "layer", "head_importance")
-    check_range(params.batch_size, 1, 512, "batch_size", "head_importance")
+    check_range(params.batch_size, 0, 512, "batch_size", "head_importance")
     if not params.ablations:
         raise InvalidParamsError("ask for at least one ablation", field="params.head_importance.ablations")
     return []  # the ablation passes are the method's own
