@@ -62,6 +62,10 @@ def test_without_patterns_the_summaries_remain(tiny_analyzer) -> None:
     att = att.methods["attention"]
     assert att.patterns is None
     assert att.entropy.shape == (2, 4) and att.top_weights is not None
+    bare = tiny_analyzer("gpt2").analyze(TEXT, methods=["attention"], params={"attention": {"top_k": 0}})
+    bare = bare.methods["attention"]
+    assert bare.top_keys is None and bare.top_weights is None
+    np.testing.assert_array_equal(bare.entropy, att.entropy)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +73,7 @@ def test_without_patterns_the_summaries_remain(tiny_analyzer) -> None:
     [
         ({"layers": [7]}, "params.attention.layers"),
         ({"heads": [-9]}, "params.attention.heads"),
-        ({"top_k": 0}, "params.attention.top_k"),
+        ({"top_k": 65}, "params.attention.top_k"),
         ({"layers": []}, "params.attention.layers"),
     ],
 )

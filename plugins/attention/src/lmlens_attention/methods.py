@@ -37,7 +37,7 @@ class AttentionParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     layers: list[int] | None = None  # None: every layer; negative counts from the end
     heads: list[int] | None = None  # None: every head
     patterns: bool = True  # keep the full [q_pos, k_pos] maps (the per-head summaries are always kept)
-    top_k: int = 3  # attended tokens kept per query token
+    top_k: int = 3  # attended tokens kept per query token (0: none, a little faster)
 
 
 class AttentionResult(Result, frozen=True, kw_only=True, tag="attention"):
@@ -58,17 +58,18 @@ def attention_summary(pattern: torch.Tensor, causal: bool, top_k: int) -> dict[s
     if blocks[0][2] < k:  # the first block must have k keys to choose from
         blocks = [(0, pattern.shape[-2], pattern.shape[-1])]
     indices, values = [], []
-    for r0, r1, k1 in blocks:
+    for r0, r1, k1 in blocks if k else []:
         top = torch.topk(pattern[..., r0:r1, :k1], k=k, dim=-1, sorted=False)
         weights, order = top.values.sort(dim=-1, descending=True)  # sorting k values, not n: cheaper
         values.append(weights)
         indices.append(top.indices.gather(-1, order))
+    shape = (*pattern.shape[:-1], 0)
     return {
         "entropy": scores.attention_entropy(pattern, causal),  # [batch, head]
         "sink_mass": scores.sink_mass(pattern, causal),  # [batch, head]
         "mean_distance": scores.mean_attention_distance(pattern, causal),  # [batch, head]
-        "top_keys": torch.cat(indices, dim=-2),  # [batch, head, q, top_k]
-        "top_weights": torch.cat(values, dim=-2),  # [batch, head, q, top_k]
+        "top_keys": torch.cat(indices, dim=-2) if k else torch.zeros(shape, dtype=torch.long),  # [b, h, q, k]
+        "top_weights": torch.cat(values, dim=-2) if k else torch.zeros(shape),  # [batch, head, q, top_k]
     }
 
 
@@ -96,8 +97,7 @@ class PatternBuffer:
 def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
     layers = pick(params.layers, info.n_layers, "layer", "attention")
     heads = pick(params.heads, info.n_heads, "head", "attention")
-    if not 1 <= params.top_k <= 64:
-        raise InvalidParamsError("top_k must be between 1 and 64", field="params.attention.top_k")
+    check_range(params.top_k, 0, 64, "top_k", "attention")
     reducer = partial(attention_summary, causal=info.causal, top_k=params.top_k)
     buffer = PatternBuffer(len(layers), None if heads == list(range(info.n_heads)) else heads)
     needs = []
@@ -133,8 +133,8 @@ def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
         entropy=_tensor(gather("entropy")),
         sink_mass=_tensor(gather("sink_mass")),
         mean_distance=_tensor(gather("mean_distance")),
-        top_keys=gather("top_keys").numpy(force=True).astype(np.int32),
-        top_weights=_tensor(gather("top_weights")),
+        top_keys=gather("top_keys").numpy(force=True).astype(np.int32) if params.top_k else None,
+        top_weights=_tensor(gather("top_weights")) if params.top_k else None,
     )
 
 
