@@ -36,6 +36,7 @@ TOKEN_NORMS = Method(name="token_norms", description="per-token residual norms",
 
 class MapsParams(msgspec.Struct, frozen=True, kw_only=True):
     keep: bool = True  # keep the raw maps, or only a per-head summary
+    keeps: float | None = None  # what the summary reducer declares it keeps
 
 
 class Maps(Result, frozen=True, kw_only=True, tag="maps"):
@@ -44,8 +45,8 @@ class Maps(Result, frozen=True, kw_only=True, tag="maps"):
 
 MAPS = Method(
     name="maps", description="keeps attention maps, or summaries of them", params=MapsParams, result=Maps,
-    needs=lambda info, p: [Need(f"blocks.{i}.attn.pattern", None if p.keep else (lambda t: t.sum(-1)), name=f"m{i}")
-                           for i in range(info.n_layers)],
+    needs=lambda info, p: [Need(f"blocks.{i}.attn.pattern", None if p.keep else (lambda t: t.sum(-1)), name=f"m{i}",
+                                keeps=p.keeps) for i in range(info.n_layers)],
     run=lambda trace, params: Maps(),
 )
 
@@ -175,6 +176,8 @@ def test_estimate_grows_with_kept_patterns_and_window(tiny_models, host) -> None
     assert summary.memory_estimate_gb.attention_gb < full.memory_estimate_gb.attention_gb
     ratio = full.memory_estimate_gb.attention_gb / windowed.memory_estimate_gb.attention_gb
     assert ratio == pytest.approx(16.0)  # attention memory grows with the square of the window
+    copied = analyzer.estimate_processing_requirements(text, ["maps"], {"maps": {"keep": False, "keeps": 1.0}})
+    assert copied.memory_estimate_gb.attention_gb == pytest.approx(full.memory_estimate_gb.attention_gb)
     mem = full.memory_estimate_gb
     assert mem.total_gb == pytest.approx(mem.weights_gb + mem.activations_gb + mem.attention_gb + mem.gradients_gb)
 

@@ -28,11 +28,14 @@ class Need:
 
     The value lands in ``trace.activations[need.key]``; ``key`` defaults to the point
     name, so give reduced needs a name of their own (``"blocks.3.attn.entropy"``).
+    ``keeps`` tells the memory estimate what share of the point's tensor the reducer
+    keeps (1.0 for a copy, 0.5 for half the heads); ``None`` means a small summary.
     """
 
     point: str
     reducer: Reducer | None = None
     name: str | None = None
+    keeps: float | None = None
 
     @property
     def key(self) -> str:

@@ -58,14 +58,16 @@ def kept_bytes(info: ModelInfo, needs: Iterable[Need], n: int) -> tuple[float, f
     b = _dtype_bytes(info)
     attention = other = 0.0
     for need in needs:
-        if need.reducer is not None:
-            other += info.n_heads * n * 4  # reducers keep summaries, at most per head and token
-        elif need.point.endswith("attn.pattern"):
-            attention += info.n_heads * n * n * b
+        if need.reducer is not None and need.keeps is None:
+            other += info.n_heads * n * 4  # a summary: at most one number per head and token
+            continue
+        share = 1.0 if need.reducer is None else float(need.keeps or 0.0)
+        if need.point.endswith("attn.pattern"):
+            attention += share * info.n_heads * n * n * b
         elif need.point == "logits":
-            other += n * info.vocab_size * b
+            other += share * n * info.vocab_size * b
         else:
-            other += n * info.d_model * b
+            other += share * n * info.d_model * b
     return attention, other
 
 
