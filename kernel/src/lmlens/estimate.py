@@ -20,9 +20,10 @@ from lmlens.models import ModelInfo
 GB = 1024**3
 DEFAULT_FLOPS_PER_SECOND = 2.0e10  # two CPU cores in float32; replaced by measured throughput
 
-# Transient buffers of one eager attention layer: scores, softmax output, and the
-# masked/contiguous copy, each [head, q, k].
-EAGER_ATTENTION_COPIES = 3
+# Transient buffers of one eager attention layer, each [head, q, k]: the scores and the
+# softmax output (the mask is added in place). Calibrated on SmolLM2-135M at 512 and
+# 2048 tokens (benchmarks/bench_streaming.py): measured within 15% of this model.
+EAGER_ATTENTION_COPIES = 2
 # Transient MLP buffers (gate, up, activation, product), each [pos, d_mlp].
 MLP_COPIES = 4
 # Residual-stream sized buffers alive at once (input, norm output, q/k/v, output...).
@@ -78,7 +79,7 @@ def transient_bytes(info: ModelInfo, needs: Sequence[Need], n: int) -> tuple[flo
     attention = EAGER_ATTENTION_COPIES * info.n_heads * n * n * b if eager else 0.0
     other = (MLP_COPIES * info.d_mlp + RESID_COPIES * info.d_model) * n * b
     if any(need.point == "logits" for need in needs):
-        other += 2 * n * info.vocab_size * b  # logits and their log-softmax
+        other += n * info.vocab_size * b  # one logits-sized temporary (a log-softmax) beside the kept logits
     return attention, other
 
 
