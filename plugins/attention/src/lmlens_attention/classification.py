@@ -11,7 +11,7 @@ above the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,6 +21,7 @@ from lmlens import LoadedModel, ModelInfo, Need
 from lmlens.forward import run_forward
 
 from lmlens_attention.scores import PROBE_SCORES, TEXT_SCORES, text_head_scores
+from lmlens_attention.threading_policy import on_one_thread
 
 # Rows of HeadPatternsResult.scores. Locality is an axis (1 local, 0 global), not a label.
 CATEGORIES = ("previous_token", "induction", "duplicate_token", "positional", "sink", "locality")
@@ -29,8 +30,8 @@ UNCLASSIFIED = "mixed"
 CORPUS_BATCH = 8  # texts per corpus pass: bounds the [batch, head, pos, pos] map of one layer
 
 
-def text_reducer(info: ModelInfo, window: int) -> partial[torch.Tensor]:
-    return partial(text_head_scores, causal=info.causal, window=window)
+def text_reducer(info: ModelInfo, window: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return on_one_thread(partial(text_head_scores, causal=info.causal, window=window))
 
 
 def text_needs(info: ModelInfo, window: int, prefix: str) -> list[Need]:
@@ -75,7 +76,9 @@ def corpus_text_scores(
         for b, ids in enumerate(encoded):
             input_ids[b, : len(ids)] = torch.tensor(ids)
             mask[b, : len(ids)] = 1
-        reducer = partial(_padded_text_scores, lengths=lengths, causal=loaded.info.causal, window=window)
+        reducer = on_one_thread(
+            partial(_padded_text_scores, lengths=lengths, causal=loaded.info.causal, window=window)
+        )
         needs = [
             Need(f"blocks.{i}.attn.pattern", reducer, name=f"attention.corpus.{i}")
             for i in range(loaded.info.n_layers)

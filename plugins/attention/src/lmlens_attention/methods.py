@@ -20,6 +20,7 @@ from lmlens.wire import Float32Array
 from lmlens_attention import classification, flow, importance, rollout, scores
 from lmlens_attention.probes import PROBE_CACHE
 from lmlens_attention.selection import check_range, pick
+from lmlens_attention.threading_policy import on_one_thread
 
 __version__ = "0.2.0"
 
@@ -98,14 +99,15 @@ def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]
     layers = pick(params.layers, info.n_layers, "layer", "attention")
     heads = pick(params.heads, info.n_heads, "head", "attention")
     check_range(params.top_k, 0, 64, "top_k", "attention")
-    reducer = partial(attention_summary, causal=info.causal, top_k=params.top_k)
+    reducer = on_one_thread(partial(attention_summary, causal=info.causal, top_k=params.top_k))
     buffer = PatternBuffer(len(layers), None if heads == list(range(info.n_heads)) else heads)
     needs = []
     for slot, layer in enumerate(layers):
         point = f"blocks.{layer}.attn.pattern"
         needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
         if params.patterns:
-            needs.append(Need(point, partial(buffer.keep, slot=slot), name=f"attention.patterns.{layer}"))
+            keep = on_one_thread(partial(buffer.keep, slot=slot))
+            needs.append(Need(point, keep, name=f"attention.patterns.{layer}"))
     return needs
 
 

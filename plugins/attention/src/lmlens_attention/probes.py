@@ -22,6 +22,7 @@ from lmlens.cache import Cache
 from lmlens.forward import run_forward
 
 from lmlens_attention.scores import probe_head_scores
+from lmlens_attention.threading_policy import on_one_thread
 
 PROBE_VERSION = "1"  # bump when the probe inputs or scores change meaning
 
@@ -78,7 +79,7 @@ def _with_special_tokens(loaded: LoadedModel, ids: list[int]) -> tuple[list[int]
 def probe_pass(loaded: LoadedModel, probe: ProbeInputs) -> np.ndarray:
     """[batch, len(PROBE_SCORES), layer, head]: one batched forward pass; each layer's
     ``[batch, head, q, k]`` map is reduced to scores inside its hook and then dropped."""
-    reducer = partial(probe_head_scores, half=probe.half, start=probe.start)
+    reducer = on_one_thread(partial(probe_head_scores, half=probe.half, start=probe.start))
     needs = [
         Need(f"blocks.{i}.attn.pattern", reducer, name=f"attention.probe.{i}")
         for i in range(loaded.info.n_layers)
