@@ -65,6 +65,7 @@ def main() -> None:
               f"(plus {second['import_s']:.2f} s to import lmlens)")
 
     import torch
+
     from lmlens import Analyzer
 
     analyzer = Analyzer("smollm2-135m")

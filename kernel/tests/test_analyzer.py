@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import pytest
+
 from lmlens import (
     Analyzer,
     EmptyTextError,
@@ -318,6 +319,7 @@ def test_allowed_models_from_the_environment(monkeypatch) -> None:
 
 
 def test_integers_beyond_64_bits_are_invalid_params(tiny_models, host, tmp_path) -> None:
-    analyzer = Analyzer(tiny_models["gpt2"], plugins=host, cache=MemoryCache(), settings=Settings(cache_dir=str(tmp_path)))
+    settings = Settings(cache_dir=str(tmp_path))
+    analyzer = Analyzer(tiny_models["gpt2"], plugins=host, cache=MemoryCache(), settings=settings)
     with pytest.raises(InvalidParamsError, match="64 bits"):
         analyzer.analyze("big", methods=["resid_norm"], params={"resid_norm": {"layer": 2**70}})

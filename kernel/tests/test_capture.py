@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+
 from lmlens.architectures import point_names
 from lmlens.capture import Capture, Need
 from lmlens.errors import InvalidParamsError

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmlens.errors import ModelLoadError, ModelNotInstalledError, UnknownModelError
 from lmlens.models import LoadOptions, ModelAlias, ModelStore, load, pick_dtype
 from lmlens.plugins import PluginHost

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from lmlens import Method, Result, hookimpl
 from lmlens.plugins import PluginHost
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmlens.architectures import point_names
 from lmlens.capture import Need
 from lmlens.forward import run_forward

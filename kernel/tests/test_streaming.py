@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import pytest
+
 from lmlens import Analyzer, MemoryLimitError, Method, Need, Result, hookimpl, wire
 from lmlens.chunking import owners, plan_windows
 from lmlens.errors import InvalidParamsError

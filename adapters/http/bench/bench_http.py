@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+
 from lmlens import Analyzer
 from lmlens.plugins import PluginHost
 from lmlens_http.testing import free_port

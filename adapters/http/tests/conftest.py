@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from lmlens import Method, Need, Result, hookimpl
 from lmlens.plugins import PluginHost
 from lmlens_http import ServiceConfig, create_app

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from lmlens_http.testing import free_port
 
 LMLENS = shutil.which("lmlens", path=str(Path(sys.executable).parent)) or "lmlens"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lmlens_http.config import ConfigError, ServiceConfig, kernel_settings, load_config
 
 

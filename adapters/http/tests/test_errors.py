@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+
 from lmlens.errors import TextTooLongError
 from lmlens_http.errors import OverloadedError, body_of, validation_field
 

@@ -13,10 +13,11 @@ import msgspec
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, reject, settings
+from schemathesis.checks import not_a_server_error
+
 from lmlens.plugins import PluginHost
 from lmlens_http import create_app
 from lmlens_http.testing import Server, running, tiny_config
-from schemathesis.checks import not_a_server_error
 
 
 @schemathesis.serializer("application/msgpack")

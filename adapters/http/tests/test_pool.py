@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+
 from lmlens.capture import Need
 from lmlens.forward import run_forward
 from lmlens_http.cancellation import CancelToken, RequestCancelled, bound, install_block_checks

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from lmlens_http.ratelimit import MemoryRateLimiter, RateLimiter
 from websockets.sync.client import connect
+
+from lmlens_http.ratelimit import MemoryRateLimiter, RateLimiter
 
 
 def test_post_requests_are_limited_per_client(make_server, plain_host) -> None:

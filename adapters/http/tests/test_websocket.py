@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from lmlens import wire
 from websockets.sync.client import connect
+
+from lmlens import wire
 
 
 def receive_until_done(ws) -> list[dict]:

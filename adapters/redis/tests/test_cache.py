@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from lmlens import Analyzer
 from lmlens.settings import Settings
 from lmlens_redis import RedisCache, RedisLink

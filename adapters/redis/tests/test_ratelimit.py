@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from lmlens_redis import RedisLink, RedisRateLimiter
 from lmlens_redis.testing import RedisServer
 

@@ -224,7 +224,9 @@ class Analyzer:
         if needs:
             self._flops_per_second[loaded.name] = forward_flops(loaded.info, len(tokens)) / max(elapsed, 1e-6)
         notify("end", "")
-        trace = Trace(model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations)
+        trace = Trace(
+            model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations, cache=self.cache
+        )
         results: dict[str, Result] = {}
         for method in chosen:
             notify("start", method.name)

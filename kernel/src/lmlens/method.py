@@ -13,6 +13,7 @@ from lmlens.wire import Result, Token
 if TYPE_CHECKING:
     import torch
 
+    from lmlens.cache import Cache
     from lmlens.capture import Need
     from lmlens.models import LoadedModel, ModelInfo
 
@@ -31,6 +32,7 @@ class Trace:
     tokens: list[Token]
     input_ids: torch.Tensor  # [1, pos]
     activations: Mapping[str, Any]
+    cache: Cache | None = None  # the analyzer's result cache, for what is worth sharing (probe scores)
 
     def __getitem__(self, name: str) -> Any:
         return self.activations[name]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from lmlens import Analyzer
 from lmlens_attention import PROBE_CACHE
 

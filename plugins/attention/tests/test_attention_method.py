@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmlens import AnalysisResult, InvalidParamsError, LoadedModel, wire
 from lmlens_attention import AttentionResult
 

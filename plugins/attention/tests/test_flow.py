@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmlens import InvalidParamsError
 from lmlens_attention import flow
 

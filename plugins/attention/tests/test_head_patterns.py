@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmlens import InvalidParamsError, LoadedModel
 from lmlens.cache import MemoryCache
 from lmlens_attention import HeadPatternsResult, classification, probes, scores

@@ -12,9 +12,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from lmlens import InvalidParamsError, LoadedModel
 from lmlens_attention import HeadImportanceResult
-from torch import nn
 
 TEXT = "Heads that matter change the loss when they are gone."
 PROJ = {"gpt2": "attn.c_proj", "llama": "self_attn.o_proj", "bert": "attention.output.dense"}

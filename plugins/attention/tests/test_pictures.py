@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from lmlens import InvalidParamsError
 from lmlens_attention.panels import PANELS, attention_panel
-from PIL import Image
 
 TEXT = "Pictures of attention: who looks at whom, and how much."
 METHODS = ["attention", "head_patterns", "head_importance", "attention_rollout"]
@@ -85,6 +86,7 @@ def test_pattern_page_carries_the_map_and_token_hover(analysis, tmp_path: Path) 
 def _synthetic(analysis, pattern: np.ndarray):
     """The analysis with its attention replaced by one known [q, k] map."""
     import msgspec
+
     from lmlens_attention import AttentionResult
 
     zeros = np.zeros((1, 1), dtype=np.float32)

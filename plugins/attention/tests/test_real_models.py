@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lmlens_attention import probes
 
 pytestmark = pytest.mark.real

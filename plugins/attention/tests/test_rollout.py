@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmlens_attention import RolloutResult, rollout
 
 TEXT = "Rollout follows attention down through the residual stream."

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from lmlens_attention import scores
 
 N = 64  # sequence length of the synthetic text patterns

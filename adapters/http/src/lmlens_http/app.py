@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio.to_thread
-from lmlens.plugins import PluginHost
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lmlens.plugins import PluginHost
 from lmlens_http import hookspecs, openapi, routes_analyze, routes_meta, websocket
 from lmlens_http.codec import encode_response
 from lmlens_http.config import ServiceConfig, load_config

@@ -12,7 +12,6 @@ from collections import OrderedDict
 from typing import Any
 
 from lmlens.cache import Cache, MemoryCache
-
 from lmlens_http.config import ServiceConfig
 from lmlens_http.schemas import CacheHealth
 

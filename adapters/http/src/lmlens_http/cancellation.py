@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from lmlens.models import LoadedModel
-
 from lmlens_http.errors import RequestTimeoutError
 
 

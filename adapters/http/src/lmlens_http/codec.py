@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
-from lmlens import wire
 from starlette.requests import Request
 from starlette.responses import Response
 
+from lmlens import wire
 from lmlens_http.errors import (
     BodyTooLargeError,
     MalformedBodyError,

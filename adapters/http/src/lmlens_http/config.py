@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+
 from lmlens.errors import LmlensError
 from lmlens.settings import Settings
 

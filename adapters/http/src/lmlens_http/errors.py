@@ -11,11 +11,12 @@ import logging
 import re
 
 import msgspec
-from lmlens.errors import LmlensError
-from lmlens.wire import ErrorBody
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+from lmlens.errors import LmlensError
+from lmlens.wire import ErrorBody
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import json
 import re
 from typing import Any
 
-from lmlens import wire
-from lmlens.wire import ErrorBody, PluginInfo
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from lmlens import wire
+from lmlens.wire import ErrorBody, PluginInfo
 from lmlens_http.schemas import Health, ModelRow
 
 _PATH_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+
 from lmlens.hookspecs import hookimpl
 
 
@@ -17,7 +18,6 @@ from lmlens.hookspecs import hookimpl
 def serve(host: str | None, port: int | None, workers: int | None, config_file: str | None) -> None:
     """Run the HTTP + WebSocket service (uvicorn)."""
     from lmlens.errors import LmlensError
-
     from lmlens_http.server import run
 
     try:

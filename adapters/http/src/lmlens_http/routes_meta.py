@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import anyio.to_thread
 import msgspec
-from lmlens.wire import PluginInfo
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import lmlens_http
+from lmlens.wire import PluginInfo
 from lmlens_http.codec import encode_response
 from lmlens_http.schemas import CacheHealth, Health, ModelRow, PoolHealth
 from lmlens_http.service import Service

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+
 from lmlens.wire import AnalysisResult, ErrorBody, PluginInfo
 
 

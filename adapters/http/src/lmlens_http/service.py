@@ -18,14 +18,14 @@ from typing import Any
 
 import anyio.to_thread
 import msgspec
+
+import lmlens_http
 from lmlens import Analyzer, wire
 from lmlens.errors import LmlensError
 from lmlens.method import Method
 from lmlens.models import LoadedModel
 from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
-
-import lmlens_http
 from lmlens_http import codec
 from lmlens_http.caching import EncodedResponses, build_cache
 from lmlens_http.cancellation import install_block_checks

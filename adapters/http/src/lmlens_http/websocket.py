@@ -16,14 +16,15 @@ from typing import Any
 
 import anyio.to_thread
 import msgspec
-from lmlens.errors import LmlensError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from lmlens.errors import LmlensError
 from lmlens_http import codec
 from lmlens_http.errors import body_of
 from lmlens_http.ratelimit import client_id
 from lmlens_http.schemas import ProgressData, WsComplete, WsError, WsFollow, WsJobComplete, WsProgress
+from lmlens_http.service import Service
 
 FOLLOW_POLL_S = 0.25
 FINAL = {"done", "failed", "cancelled"}
@@ -36,7 +37,6 @@ class _Kind(msgspec.Struct):
 class NoJobQueueError(LmlensError):
     code = "no_job_queue"
     http_status = 503
-from lmlens_http.service import Service
 
 
 def progress_message(stage: str, what: str) -> ProgressData:

@@ -12,7 +12,6 @@ import click
 from lmlens import hookimpl, wire
 from lmlens.cli import friendly_errors
 
-
 _queues: dict[str, Any] = {}
 
 

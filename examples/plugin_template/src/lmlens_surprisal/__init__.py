@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import numpy as np
 import torch
+
 from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace, hookimpl
 from lmlens.wire import Float32Array
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from lmlens import Method, hookimpl
-
 from lmlens_attention.methods import (
     ATTENTION,
     ATTENTION_ROLLOUT,

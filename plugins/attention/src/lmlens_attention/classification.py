@@ -17,9 +17,9 @@ from functools import partial
 
 import numpy as np
 import torch
+
 from lmlens import LoadedModel, ModelInfo, Need
 from lmlens.forward import run_forward
-
 from lmlens_attention.scores import PROBE_SCORES, TEXT_SCORES, text_head_scores
 from lmlens_attention.threading_policy import on_one_thread
 

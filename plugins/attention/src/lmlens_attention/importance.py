@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from lmlens import LoadedModel, Need, UnsupportedArchitectureError
 from lmlens.forward import run_forward
-from torch import nn
 
 # Where the per-head outputs are concatenated, relative to the attention module.
 _MIXERS = ("o_proj", "c_proj", "out_proj", "dense")

@@ -14,9 +14,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import torch
+
 from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
 from lmlens.wire import Float32Array
-
 from lmlens_attention import classification, flow, importance, rollout, scores
 from lmlens_attention.probes import PROBE_CACHE
 from lmlens_attention.selection import check_range, pick
@@ -107,7 +107,7 @@ def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]
         needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
         if params.patterns:
             keep = on_one_thread(partial(buffer.keep, slot=slot))
-            needs.append(Need(point, keep, name=f"attention.patterns.{layer}"))
+            needs.append(Need(point, keep, name=f"attention.patterns.{layer}", keeps=len(heads) / info.n_heads))
     return needs
 
 
@@ -204,6 +204,8 @@ def _head_patterns_run(trace: Trace, params: HeadPatternsParams) -> HeadPatterns
     if params.corpus:
         more = classification.corpus_text_scores(loaded, params.corpus, params.window, params.max_corpus_tokens)
         text = np.concatenate([text, more])
+    if trace.cache is not None:  # the analyzer's cache (Redis in a service): every process shares probes
+        PROBE_CACHE.use_shared(trace.cache)
     probe, cached = PROBE_CACHE.scores(loaded, params.probe_length, params.probe_batch, params.seed)
     found = classification.classify(text, probe, params.threshold)
     induction = found.scores[classification.CATEGORIES.index("induction")]  # [layer, head]
@@ -324,7 +326,7 @@ def max_flow_tokens(n_layers: int) -> int:
 def _rollout_needs(info: ModelInfo, params: RolloutParams) -> Sequence[Need]:
     reducer = rollout.fusion_reducer(params.head_fusion)
     return [
-        Need(f"blocks.{i}.attn.pattern", reducer, name=f"attention_rollout.fused.{i}")
+        Need(f"blocks.{i}.attn.pattern", reducer, name=f"attention_rollout.fused.{i}", keeps=1 / info.n_heads)
         for i in range(info.n_layers)
     ]
 

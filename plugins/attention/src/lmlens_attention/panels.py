@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from bokeh.embed import file_html
 from bokeh.resources import CDN
-from lmlens import AnalysisResult, InvalidParamsError, Result
 
+from lmlens import AnalysisResult, InvalidParamsError, Result
 from lmlens_attention import pictures, static
 from lmlens_attention.methods import (
     AttentionResult,

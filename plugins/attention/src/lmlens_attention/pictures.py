@@ -14,6 +14,7 @@ from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool, LinearColor
 from bokeh.models.annotations import ColorBar
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
+
 from lmlens import Token
 
 _LABEL = CustomJSHover(code="const i = Math.floor(value); return (i in labels) ? labels[i] : '';")

@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 import numpy as np
 import torch
+
 from lmlens import LoadedModel, Need
 from lmlens.cache import Cache
 from lmlens.forward import run_forward
-
 from lmlens_attention.scores import probe_head_scores
 from lmlens_attention.threading_policy import on_one_thread
 

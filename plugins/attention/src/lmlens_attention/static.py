@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from lmlens import Token
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lmlens import Token
 from lmlens_attention.pictures import token_labels
 
 _MAX_TICKS = 48  # more token labels than this are unreadable; show every k-th
