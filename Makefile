@@ -42,6 +42,11 @@ type: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_kernel.py
+	$(BIN)/python benchmarks/bench_streaming.py
+	$(BIN)/python plugins/attention/bench/bench_attention.py
+	$(BIN)/python plugins/importance/bench/bench_ig.py
+	$(BIN)/python adapters/http/bench/bench_http.py
+	$(BIN)/python adapters/worker/bench/bench_worker.py
 
 clean:
 	rm -rf $(VENV) .tox out
