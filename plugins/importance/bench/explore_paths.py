@@ -50,17 +50,32 @@ def main() -> None:
             for path in paths:
                 points, _ = path_points(path, baseline, objective.embeds, torch.as_tensor(GRID))
                 values = objective.values(points, batch_size=len(GRID)).numpy()
-                print(f"  f on {path} path: " + " ".join(f"{a:.0e}:{v:.2f}" for a, v in zip(GRID, values)))
-            combos = [(r, s, p) for p in paths for r, s in (("gauss_legendre", "linear"),
-                      ("gauss_legendre", "geometric"), ("riemann_trapezoid", "linear"))]
+                print(f"  f on {path} path: " + " ".join(f"{a:.0e}:{v:.2f}" for a, v in zip(GRID, values, strict=True)))
+            combos = [
+                (r, s, p)
+                for p in paths
+                for r, s in (
+                    ("gauss_legendre", "linear"),
+                    ("gauss_legendre", "geometric"),
+                    ("riemann_trapezoid", "linear"),
+                )
+            ]
             for rule, spacing, path in combos:
                 row = []
                 for steps in (int(s) for s in args.steps.split(",")):
                     started = time.perf_counter()
                     try:
-                        run = integrated_gradients(objective, baseline, steps=steps, rule=rule,
-                                                   spacing=spacing, path=path, batch_size=32,
-                                                   f_input=f_x, f_baseline=f_b)
+                        run = integrated_gradients(
+                            objective,
+                            baseline,
+                            steps=steps,
+                            rule=rule,
+                            spacing=spacing,
+                            path=path,
+                            batch_size=32,
+                            f_input=f_x,
+                            f_baseline=f_b,
+                        )
                         rel = f"{run.relative_delta:.1%}" if run.relative_delta is not None else "n/a"
                     except Exception as exc:  # report and carry on: this is an exploration
                         rel = type(exc).__name__

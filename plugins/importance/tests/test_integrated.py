@@ -28,8 +28,17 @@ def _setup(loaded, make_trace, baseline="zero", text=TEXT):
 
 def _run(objective, base, steps, rule="gauss_legendre", spacing="linear", path="straight", batch=64):
     f_x, f_b = endpoint_values(objective, base)
-    return integrated_gradients(objective, base, steps=steps, rule=rule, spacing=spacing, path=path,
-                                batch_size=batch, f_input=f_x, f_baseline=f_b)
+    return integrated_gradients(
+        objective,
+        base,
+        steps=steps,
+        rule=rule,
+        spacing=spacing,
+        path=path,
+        batch_size=batch,
+        f_input=f_x,
+        f_baseline=f_b,
+    )
 
 
 def test_chunked_ig_equals_a_plain_reference_loop(float64_models, make_trace):
@@ -43,7 +52,7 @@ def test_chunked_ig_equals_a_plain_reference_loop(float64_models, make_trace):
         x = objective.embeds
         nodes, weights = np.polynomial.legendre.leggauss(16)
         expected = torch.zeros(x.shape[1], dtype=torch.float64)
-        for node, weight in zip(nodes, weights):
+        for node, weight in zip(nodes, weights, strict=True):
             point = (base + 0.5 * (node + 1) * (x - base)).requires_grad_(True)
             value = model(inputs_embeds=point).logits[0, -1].log_softmax(-1)[token]
             (grad,) = torch.autograd.grad(value, point)
@@ -106,30 +115,45 @@ def test_gauss_legendre_nodes_match_captum():
 
 def test_unreliable_result_is_flagged_everywhere(tiny_analyzer):
     analyzer = tiny_analyzer("llama")
-    result = analyzer.analyze(TEXT, methods=["importance"], params={"importance": {
-        "steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-6, "faithfulness": False}})
+    result = analyzer.analyze(
+        TEXT,
+        methods=["importance"],
+        params={"importance": {"steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-6, "faithfulness": False}},
+    )
     found = result.methods["importance"]
     assert found.unreliable and found.convergence.unreliable and not found.convergence.converged
     assert any("did not converge" in w for w in found.warnings)
     assert b'"unreliable":true' in wire.to_json(found)
     c = found.convergence
-    assert c.delta == pytest.approx(float(np.float64(found.scores.astype(np.float64).sum()))
-                                    - (c.f_input - c.f_baseline), rel=1e-5, abs=1e-4)
+    assert c.delta == pytest.approx(
+        float(np.float64(found.scores.astype(np.float64).sum())) - (c.f_input - c.f_baseline), rel=1e-5, abs=1e-4
+    )
 
 
 def test_converged_result_is_not_flagged(tiny_analyzer):
-    result = tiny_analyzer("gpt2").analyze(TEXT, methods=["importance"], params={"importance": {
-        "steps": 64, "faithfulness": False}})
+    result = tiny_analyzer("gpt2").analyze(
+        TEXT, methods=["importance"], params={"importance": {"steps": 64, "faithfulness": False}}
+    )
     found = result.methods["importance"]
     assert not found.unreliable and found.convergence.relative_delta < 0.05
     assert found.warnings == []
 
 
 def test_adaptive_doubles_until_within_tolerance_or_cap(tiny_analyzer):
-    params = {"steps": 4, "max_steps": 128, "adaptive": True, "tolerance": 0.02,
-              "rule": "riemann_trapezoid", "faithfulness": False}
-    c = tiny_analyzer("gpt2").analyze(TEXT, methods=["importance"], params={"importance": params}
-                                      ).methods["importance"].convergence
+    params = {
+        "steps": 4,
+        "max_steps": 128,
+        "adaptive": True,
+        "tolerance": 0.02,
+        "rule": "riemann_trapezoid",
+        "faithfulness": False,
+    }
+    c = (
+        tiny_analyzer("gpt2")
+        .analyze(TEXT, methods=["importance"], params={"importance": params})
+        .methods["importance"]
+        .convergence
+    )
     steps = [h.steps for h in c.history]
     assert steps == [4 * 2**i for i in range(len(steps))] and steps[-1] <= 128
     assert all(h.relative_delta > 0.02 for h in c.history[:-1])
@@ -137,8 +161,9 @@ def test_adaptive_doubles_until_within_tolerance_or_cap(tiny_analyzer):
     assert c.steps == steps[-1]
     # tolerance far below what 128 steps reach: stops at the cap and says so
     params.update(tolerance=1e-9, max_steps=32)
-    found = tiny_analyzer("gpt2").analyze(TEXT, methods=["importance"],
-                                          params={"importance": params}).methods["importance"]
+    found = (
+        tiny_analyzer("gpt2").analyze(TEXT, methods=["importance"], params={"importance": params}).methods["importance"]
+    )
     assert [h.steps for h in found.convergence.history] == [4, 8, 16, 32]
     assert found.unreliable and not found.convergence.converged
 
@@ -154,8 +179,9 @@ def test_nan_in_the_model_is_a_typed_error(tiny_analyzer):
     try:
         for method in ("integrated_gradients", "gradient", "occlusion"):
             with pytest.raises(NonFiniteAttributionError) as info:
-                analyzer.analyze(TEXT, methods=["importance"], params={"importance": {"method": method}},
-                                 use_cache=False)
+                analyzer.analyze(
+                    TEXT, methods=["importance"], params={"importance": {"method": method}}, use_cache=False
+                )
             assert info.value.code == "non_finite_attribution"
             assert isinstance(info.value, MethodFailedError)
             assert "NaN" in info.value.message

@@ -29,8 +29,7 @@ def test_leave_one_out_is_the_drop_when_each_token_is_replaced(float64_models, m
     replacement, _ = reference_embeds(loaded, objective.embeds, special, "mask")
     slots = [i for i, s in enumerate(special.tolist()) if not s]
     f_x = float(objective.values(objective.embeds, 1)[0])
-    scores, count = occlusion(objective, replacement, slots, window=1, stride=1, batch_size=3,
-                              f_input=f_x)
+    scores, count = occlusion(objective, replacement, slots, window=1, stride=1, batch_size=3, f_input=f_x)
     assert count == len(slots)
     mask_id = loaded.tokenizer.mask_token_id
     for p in range(len(special)):
@@ -67,9 +66,18 @@ def test_faithfulness_of_the_true_ranking():
     objective, truth, zero = _linear_case()
     slots = list(range(10))
     f_x = float(truth.sum())
-    report, _ = faithfulness(objective, truth, zero, slots, replacement_label="zero",
-                             fractions=[0.1, 0.5], deletion_points=11, random_orders=4,
-                             batch_size=7, f_input=f_x)
+    report, _ = faithfulness(
+        objective,
+        truth,
+        zero,
+        slots,
+        replacement_label="zero",
+        fractions=[0.1, 0.5],
+        deletion_points=11,
+        random_orders=4,
+        batch_size=7,
+        f_input=f_x,
+    )
     top = torch.sort(truth, descending=True).values
     assert report.counts == [1, 5]
     assert report.comprehensiveness == pytest.approx([float(top[:1].sum()), float(top[:5].sum())])
@@ -83,16 +91,32 @@ def test_faithfulness_of_the_true_ranking():
 
 def test_a_reversed_ranking_does_not_beat_random():
     objective, truth, zero = _linear_case()
-    report, _ = faithfulness(objective, -truth, zero, list(range(10)), replacement_label="zero",
-                             fractions=[0.2], deletion_points=11, random_orders=4, batch_size=64,
-                             f_input=float(truth.sum()))
+    report, _ = faithfulness(
+        objective,
+        -truth,
+        zero,
+        list(range(10)),
+        replacement_label="zero",
+        fractions=[0.2],
+        deletion_points=11,
+        random_orders=4,
+        batch_size=64,
+        f_input=float(truth.sum()),
+    )
     assert report.beats_random is False
     assert report.comprehensiveness[0] < 0  # removing the "top" tokens raised the target
 
 
 def test_occlusion_scores_reach_the_result(tiny_analyzer):
-    result = tiny_analyzer("llama").analyze("The cat sat.", methods=["importance"], params={
-        "importance": {"method": "occlusion", "window": 3, "stride": 2}}).methods["importance"]
+    result = (
+        tiny_analyzer("llama")
+        .analyze(
+            "The cat sat.",
+            methods=["importance"],
+            params={"importance": {"method": "occlusion", "window": 3, "stride": 2}},
+        )
+        .methods["importance"]
+    )
     assert result.convergence is None and not result.unreliable
     assert result.faithfulness is not None and len(result.faithfulness.deletion_curve) == 10
     assert np.count_nonzero(result.scores) == len(result.scores)  # every token covered

@@ -16,12 +16,17 @@ def results(tiny_models, plugin_host, tmp_path_factory):
     from lmlens import Analyzer
     from lmlens.settings import Settings
 
-    analyzer = Analyzer(tiny_models["llama"], plugins=plugin_host,
-                        settings=Settings(cache_dir=str(tmp_path_factory.mktemp("c"))))
-    good = analyzer.analyze(TEXT, methods=["importance"], params={"importance": {
-        "method": "occlusion", "faithfulness": False}})
-    bad = analyzer.analyze(TEXT, methods=["importance"], params={"importance": {
-        "steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-9, "faithfulness": False}})
+    analyzer = Analyzer(
+        tiny_models["llama"], plugins=plugin_host, settings=Settings(cache_dir=str(tmp_path_factory.mktemp("c")))
+    )
+    good = analyzer.analyze(
+        TEXT, methods=["importance"], params={"importance": {"method": "occlusion", "faithfulness": False}}
+    )
+    bad = analyzer.analyze(
+        TEXT,
+        methods=["importance"],
+        params={"importance": {"steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-9, "faithfulness": False}},
+    )
     return good, bad
 
 

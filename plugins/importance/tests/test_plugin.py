@@ -33,8 +33,22 @@ def test_cli_plugins_and_analyze(tmp_path, monkeypatch):
     assert listed.exit_code == 0
     assert "importance" in {p["name"] for p in json.loads(listed.output)}
     out = tmp_path / "r.json"
-    ran = runner.invoke(cli, ["analyze", "The cat sat.", "-m", "importance", "--model", "tiny-gpt2",
-                              "-p", "importance.method=gradient_x_input", "-o", str(out)], obj={})
+    ran = runner.invoke(
+        cli,
+        [
+            "analyze",
+            "The cat sat.",
+            "-m",
+            "importance",
+            "--model",
+            "tiny-gpt2",
+            "-p",
+            "importance.method=gradient_x_input",
+            "-o",
+            str(out),
+        ],
+        obj={},
+    )
     assert ran.exit_code == 0, ran.output
     body = json.loads(out.read_bytes())["methods"]["importance"]
     assert body["kind"] == "importance" and body["method"] == "gradient_x_input"
@@ -55,10 +69,42 @@ def test_result_round_trips_through_json_and_msgpack(tiny_analyzer):
 
 
 def test_token_scores_carry_offsets(tiny_analyzer):
-    result = tiny_analyzer("gpt2").analyze("The cat sat.", methods=["importance"], params={
-        "importance": {"method": "gradient"}})
+    result = tiny_analyzer("gpt2").analyze(
+        "The cat sat.", methods=["importance"], params={"importance": {"method": "gradient"}}
+    )
     found = result.methods["importance"]
-    assert [(t.start, t.end, t.text) for t in found.tokens] == [
-        (t.start, t.end, t.text) for t in result.tokens]
+    assert [(t.start, t.end, t.text) for t in found.tokens] == [(t.start, t.end, t.text) for t in result.tokens]
     assert max(abs(t.normalized) for t in found.tokens) == 1.0
     assert all(t.score >= 0 for t in found.tokens)  # saliency is a norm
+
+
+def test_importance_command_prints_and_saves(tmp_path, monkeypatch):
+    import click
+
+    from lmlens_importance import register_commands
+
+    monkeypatch.setenv("LMLENS_CACHE_DIR", str(tmp_path))
+    group = click.Group()
+    register_commands(cli=group)
+    runner = CliRunner()
+    picture = tmp_path / "p.html"
+    ran = runner.invoke(
+        group,
+        [
+            "importance",
+            "The cat sat.",
+            "--model",
+            "tiny-llama",
+            "--steps",
+            "4",
+            "-p",
+            "tolerance=0.001",
+            "--save",
+            str(picture),
+        ],
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "UNRELIABLE" in ran.output and "faithfulness" in ran.output
+    assert "UNRELIABLE" in picture.read_text()
+    bad = runner.invoke(group, ["importance", "x", "--model", "tiny-bert"])
+    assert bad.exit_code == 2 and "other_text" in bad.output

@@ -50,7 +50,8 @@ def _captum_ig_zero(loaded, ids: torch.Tensor, token: int) -> np.ndarray:
 
     embeds = model.get_input_embeddings()(ids).detach()
     attributions = IntegratedGradients(forward).attribute(
-        embeds, baselines=torch.zeros_like(embeds), n_steps=STEPS, method="gausslegendre")
+        embeds, baselines=torch.zeros_like(embeds), n_steps=STEPS, method="gausslegendre"
+    )
     return attributions.sum(-1)[0].detach().double().numpy()
 
 
@@ -60,8 +61,11 @@ def test_integrated_gradients_agree_with_captum(smollm2, baseline):
     # Captum's LayerIntegratedGradients takes token baselines (pad); the zero embedding
     # goes through its IntegratedGradients on inputs_embeds, on one prompt to keep CI short.
     for prompt in PROMPTS if baseline == "pad" else PROMPTS[:1]:
-        result = smollm2.analyze(prompt, methods=["importance"], params={"importance": {
-            "baseline": baseline, "steps": STEPS, "faithfulness": False}}).methods["importance"]
+        result = smollm2.analyze(
+            prompt,
+            methods=["importance"],
+            params={"importance": {"baseline": baseline, "steps": STEPS, "faithfulness": False}},
+        ).methods["importance"]
         ids, _ = smollm2.tokenize(loaded, prompt)
         token = result.target.token_ids[0]
         if baseline == "pad":
@@ -80,13 +84,15 @@ def test_encoder_similarity_on_minilm(lmlens_cache_dir):
 
     analyzer = Analyzer("minilm-l6", settings=Settings(cache_dir=str(lmlens_cache_dir)))
     a, b = "A man is playing a guitar.", "Someone plays music on a guitar."
-    result = analyzer.analyze(a, methods=["importance"], params={"importance": {
-        "other_text": b, "baseline": "mask", "steps": 32, "faithfulness": True}})
+    result = analyzer.analyze(
+        a,
+        methods=["importance"],
+        params={"importance": {"other_text": b, "baseline": "mask", "steps": 32, "faithfulness": True}},
+    )
     found = result.methods["importance"]
     loaded = analyzer.model
     with torch.no_grad():
-        pooled = [loaded.model(**loaded.tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)
-                  for t in (a, b)]
+        pooled = [loaded.model(**loaded.tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1) for t in (a, b)]
     assert found.target.value == pytest.approx(float(torch.cosine_similarity(*pooled)), abs=1e-5)
     words = {w.text: w.score for w in found.words}
     assert set(words) == {"A", "man", "is", "playing", "a", "guitar", "."}

@@ -26,8 +26,10 @@ def test_leading_space_pieces_and_subwords_join_their_word():
 
 def test_specials_and_whitespace_tokens_belong_to_no_word():
     text = "hi  yo"
-    tokens = [Token(id=0, piece="[CLS]", text="", start=0, end=0),
-              *_tokens(text, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)])]
+    tokens = [
+        Token(id=0, piece="[CLS]", text="", start=0, end=0),
+        *_tokens(text, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]),
+    ]
     words = merge_words(text, tokens, [9.0, 1, 1, 5, 5, 2, 2], [True] + [False] * 6)
     assert [(w.text, w.tokens, w.score) for w in words] == [("hi", [1, 2], 2.0), ("yo", [5, 6], 4.0)]
 

@@ -9,14 +9,16 @@ text), with faithfulness checks and pictures.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlens import Method, hookimpl
-
 from lmlens_importance.errors import NonFiniteAttributionError
 from lmlens_importance.params import ImportanceParams
 from lmlens_importance.plugin import IMPORTANCE, VERSION, run_importance
 from lmlens_importance.result import ImportanceResult
+
+if TYPE_CHECKING:
+    import click
 
 __version__ = VERSION
 
@@ -40,3 +42,10 @@ def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None
     from lmlens_importance.pictures import importance_panel
 
     register("importance", importance_panel)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from lmlens_importance.commands import add_commands
+
+    add_commands(cli)

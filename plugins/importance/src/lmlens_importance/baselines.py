@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from lmlens import InvalidParamsError, LoadedModel
-
 from lmlens_importance.params import FIELD
 from lmlens_importance.targets import embed_ids, tokenize_plain
 

@@ -44,7 +44,7 @@ def occlusion(
         for row, span in enumerate(chunk):
             copies[row, span] = replacement[0, span]
         drops = f_input - objective.values(copies, batch_size=len(chunk))  # [chunk]
-        for span, drop in zip(chunk, drops.tolist()):
+        for span, drop in zip(chunk, drops.tolist(), strict=True):
             scores[span] += drop
             cover[span] += 1
     return torch.where(cover > 0, scores / cover.clamp(min=1), 0.0), len(spans)

@@ -31,8 +31,7 @@ class ImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     baseline_text: str | None = None  # baseline="text": padded/truncated to the text's length
     steps: int = 32
     rule: Rule = "gauss_legendre"
-    # geometric: the same straight path, with nodes packed near the baseline, where
-    # RMSNorm models change fastest (see README)
+    # geometric: the same path, with the nodes packed near the baseline (see quadrature.py)
     spacing: Spacing = "linear"
     # spherical: keep each embedding's length away from zero on the way (see paths.py)
     path: Path = "straight"
@@ -50,7 +49,7 @@ class ImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     random_orders: int = 2
     # batching of the extra passes
     batch_size: int | None = None  # None: sized to memory_budget_mb
-    memory_budget_mb: float = 768.0
+    memory_budget_mb: float = 1024.0
 
 
 def _bad(message: str, field: str) -> InvalidParamsError:
@@ -86,7 +85,7 @@ def check_params(params: ImportanceParams) -> None:
     if params.baseline == "text" and not params.baseline_text:
         raise _bad('baseline "text" needs baseline_text', "baseline_text")
     if params.path == "spherical" and params.baseline == "zero":
-        raise _bad('the spherical path needs a non-zero baseline (pad, mask or text)', "path")
+        raise _bad("the spherical path needs a non-zero baseline (pad, mask or text)", "path")
     if params.target == "continuation" and not params.continuation:
         raise _bad('target "continuation" needs a non-empty continuation', "continuation")
     if params.target == "similarity" and not params.other_text:

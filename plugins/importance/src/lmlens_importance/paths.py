@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 
 from lmlens import InvalidParamsError
-
 from lmlens_importance.params import FIELD
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bokeh.core.property.vectorization import value
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.core.property.vectorization import value
 from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
@@ -21,7 +21,6 @@ from bokeh.resources import CDN
 
 from lmlens import InvalidParamsError
 from lmlens.wire import AnalysisResult
-
 from lmlens_importance.result import ImportanceResult
 
 PALETTE = tuple(reversed(RdBu11))  # index 0 = most negative (blue)
@@ -45,10 +44,7 @@ def _display(text: str) -> str:
 def layout(result: ImportanceResult, view: str, width_chars: int) -> list[Piece]:
     """Place tokens (or words) left to right, wrapping at ``width_chars`` characters."""
     if view == "tokens":
-        items = [
-            (_display(t.text) if t.text else f"[{t.index}]", t.score, t.normalized)
-            for t in result.tokens
-        ]
+        items = [(_display(t.text) if t.text else f"[{t.index}]", t.score, t.normalized) for t in result.tokens]
     elif view == "words":
         items = [(_display(w.text) + " ", w.score, w.normalized) for w in result.words]
     else:
@@ -90,8 +86,7 @@ def _importance(result: AnalysisResult | ImportanceResult, method: str) -> Impor
         return result
     found = result.methods.get(method)
     if not isinstance(found, ImportanceResult):
-        raise InvalidParamsError(f"the result holds no importance result under {method!r}",
-                                 field="method")
+        raise InvalidParamsError(f"the result holds no importance result under {method!r}", field="method")
     return found
 
 
@@ -111,18 +106,37 @@ def bokeh_layout(result: ImportanceResult, *, view: str = "tokens", width_chars:
     )
     mapper = LinearColorMapper(palette=PALETTE, low=-1.0, high=1.0)
     fig = figure(
-        width=int(width_chars * 9 + 40), height=int(lines * 28 + 90), tools="save",
-        x_range=(-0.5, width_chars + 0.5), y_range=(-lines * LINE_HEIGHT + 0.4, 0.6),
+        width=int(width_chars * 9 + 40),
+        height=int(lines * 28 + 90),
+        tools="save",
+        x_range=(-0.5, width_chars + 0.5),
+        y_range=(-lines * LINE_HEIGHT + 0.4, 0.6),
         toolbar_location="right",
     )
-    fig.rect("x", "y", width="w", height=0.9, source=source, line_color=None,
-             fill_color={"field": "normalized", "transform": mapper})
-    fig.text("left", "y", text="label", source=source, text_baseline="middle",
-             text_font=value("monospace"), text_font_size="13px")
-    fig.add_tools(HoverTool(tooltips=[("text", "@label"), ("score", "@score{0.0000}"),
-                                      ("normalised", "@normalized{0.000}")]))
-    fig.add_layout(ColorBar(color_mapper=mapper, title="normalised score", height=10,
-                            orientation="horizontal"), "below")
+    fig.rect(
+        "x",
+        "y",
+        width="w",
+        height=0.9,
+        source=source,
+        line_color=None,
+        fill_color={"field": "normalized", "transform": mapper},
+    )
+    fig.text(
+        "left",
+        "y",
+        text="label",
+        source=source,
+        text_baseline="middle",
+        text_font=value("monospace"),
+        text_font_size="13px",
+    )
+    fig.add_tools(
+        HoverTool(tooltips=[("text", "@label"), ("score", "@score{0.0000}"), ("normalised", "@normalized{0.000}")])
+    )
+    fig.add_layout(
+        ColorBar(color_mapper=mapper, title="normalised score", height=10, orientation="horizontal"), "below"
+    )
     fig.axis.visible = False
     fig.grid.visible = False
     fig.outline_line_color = None
@@ -137,8 +151,7 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens",
-             width_chars: int = 80) -> None:
+def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens", width_chars: int = 80) -> None:
     """A static PNG with matplotlib's Agg canvas: no browser, no global pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LinearSegmentedColormap, Normalize
@@ -156,8 +169,7 @@ def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens"
     norm = Normalize(-1.0, 1.0)
     for p in pieces:
         y = -p.line * LINE_HEIGHT
-        ax.add_patch(Rectangle((p.x, y - 0.45), p.width, 0.9, facecolor=cmap(norm(p.normalized)),
-                               edgecolor="none"))
+        ax.add_patch(Rectangle((p.x, y - 0.45), p.width, 0.9, facecolor=cmap(norm(p.normalized)), edgecolor="none"))
         ax.text(p.x + 0.05, y, p.label, family="monospace", fontsize=font, va="center", ha="left")
     ax.set_xlim(-0.5, width_chars + 0.5)
     ax.set_ylim(-lines * LINE_HEIGHT + 0.4, 0.6)
@@ -165,8 +177,16 @@ def save_png(result: ImportanceResult, path: str | Path, *, view: str = "tokens"
     title, warning = headline(result)
     fig.text(0.02, 0.97, title, fontsize=8, va="top", ha="left", wrap=True)
     if warning:
-        fig.text(0.02, 0.97 - 0.22 / (lines * 0.32 + 1.1) * 1.5, warning, fontsize=9,
-                 color="#b00020", weight="bold", va="top", ha="left")
+        fig.text(
+            0.02,
+            0.97 - 0.22 / (lines * 0.32 + 1.1) * 1.5,
+            warning,
+            fontsize=9,
+            color="#b00020",
+            weight="bold",
+            va="top",
+            ha="left",
+        )
     fig.savefig(str(path))
 
 
@@ -181,18 +201,15 @@ def importance_panel(
 ) -> Any:
     """The registered panel: a Bokeh layout; ``save_path`` ending in .html or .png also saves it."""
     if options:
-        raise InvalidParamsError(f"unknown picture options: {', '.join(sorted(options))}",
-                                 field="options")
+        raise InvalidParamsError(f"unknown picture options: {', '.join(sorted(options))}", field="options")
     found = _importance(result, method)
     made = bokeh_layout(found, view=view, width_chars=width_chars)
     if save_path is not None:
         path = Path(save_path)
         if path.suffix == ".html":
-            path.write_text(file_html(made, resources=CDN, title=headline(found)[0]),
-                            encoding="utf-8")
+            path.write_text(file_html(made, resources=CDN, title=headline(found)[0]), encoding="utf-8")
         elif path.suffix == ".png":
             save_png(found, path, view=view, width_chars=width_chars)
         else:
-            raise InvalidParamsError(f"save_path must end in .html or .png, not {path.suffix!r}",
-                                     field="save_path")
+            raise InvalidParamsError(f"save_path must end in .html or .png, not {path.suffix!r}", field="save_path")
     return made

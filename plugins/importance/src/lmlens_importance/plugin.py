@@ -8,15 +8,14 @@ import numpy as np
 import torch
 
 from lmlens import Method, ModelInfo, Need, Trace
-
 from lmlens_importance.baselines import reference_embeds
 from lmlens_importance.budget import rows_per_pass
 from lmlens_importance.faithfulness import faithfulness
 from lmlens_importance.gradients import gradient_x_input, saliency
 from lmlens_importance.integrated import IntegratedRun, endpoint_values, integrated_gradients
 from lmlens_importance.occlusion import occlusion
-from lmlens_importance.paths import check_path
 from lmlens_importance.params import FIELD, ImportanceParams, check_params
+from lmlens_importance.paths import check_path
 from lmlens_importance.result import (
     Convergence,
     ConvergenceStep,
@@ -56,8 +55,15 @@ def _integrated(
     steps = params.steps
     while True:
         run = integrated_gradients(
-            objective, baseline, steps=steps, rule=params.rule, spacing=params.spacing,
-            path=params.path, batch_size=batch, f_input=f_input, f_baseline=f_baseline,
+            objective,
+            baseline,
+            steps=steps,
+            rule=params.rule,
+            spacing=params.spacing,
+            path=params.path,
+            batch_size=batch,
+            f_input=f_input,
+            f_baseline=f_baseline,
         )
         passes += run.passes
         history.append(ConvergenceStep(steps=steps, delta=run.delta, relative_delta=run.relative_delta))
@@ -95,10 +101,12 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     special = special_positions(loaded, trace)  # [pos]
     slots = [i for i, s in enumerate(special.tolist()) if not s]
     n = objective.embeds.shape[1] + (0 if objective.suffix is None else objective.suffix.shape[1])
-    grad_batch = rows_per_pass(loaded, n, objective.lm_positions, grad=True,
-                               budget_mb=params.memory_budget_mb, requested=params.batch_size)
-    plain_batch = rows_per_pass(loaded, n, objective.lm_positions, grad=False,
-                                budget_mb=params.memory_budget_mb, requested=params.batch_size)
+    grad_batch = rows_per_pass(
+        loaded, n, objective.lm_positions, grad=True, budget_mb=params.memory_budget_mb, requested=params.batch_size
+    )
+    plain_batch = rows_per_pass(
+        loaded, n, objective.lm_positions, grad=False, budget_mb=params.memory_budget_mb, requested=params.batch_size
+    )
     warnings: list[str] = []
     convergence = None
     baseline_label = None
@@ -109,8 +117,9 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
         replacement, replacement_label = reference_embeds(
             loaded, objective.embeds, special, params.replacement, field=f"{FIELD}.replacement"
         )
-    f_input = float(objective.values(objective.embeds, batch_size=1)[0])
-    passes += 1
+    if params.method != "integrated_gradients":  # IG gets f(input) with f(baseline) below
+        f_input = float(objective.values(objective.embeds, batch_size=1)[0])
+        passes += 1
 
     if params.method == "integrated_gradients":
         baseline, baseline_label = reference_embeds(
@@ -125,15 +134,23 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
             )
         f_input, f_baseline = endpoint_values(objective, baseline)
         passes += 1
-        run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch,
-                                                  f_input, f_baseline)
+        run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch, f_input, f_baseline)
         passes += ig_passes
         scores = run.scores
         convergence = Convergence(
-            steps=run.steps, rule=params.rule, spacing=params.spacing, path=params.path, f_input=f_input,
-            f_baseline=f_baseline, delta=run.delta, relative_delta=run.relative_delta,
-            tolerance=params.tolerance, unreliable=not ok, adaptive=params.adaptive,
-            converged=ok, history=history,
+            steps=run.steps,
+            rule=params.rule,
+            spacing=params.spacing,
+            path=params.path,
+            f_input=f_input,
+            f_baseline=f_baseline,
+            delta=run.delta,
+            relative_delta=run.relative_delta,
+            tolerance=params.tolerance,
+            unreliable=not ok,
+            adaptive=params.adaptive,
+            converged=ok,
+            history=history,
         )
         if not ok:
             rel = "undefined" if run.relative_delta is None else f"{run.relative_delta:.1%}"
@@ -151,8 +168,15 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
         passes += 1
     else:
         assert replacement is not None
-        scores, windows = occlusion(objective, replacement, slots, window=params.window,
-                                    stride=params.stride, batch_size=plain_batch, f_input=f_input)
+        scores, windows = occlusion(
+            objective,
+            replacement,
+            slots,
+            window=params.window,
+            stride=params.stride,
+            batch_size=plain_batch,
+            f_input=f_input,
+        )
         passes += -(-windows // plain_batch)
     scores = torch.where(special, 0.0, scores.double())  # [pos]
     check_finite(scores, "the attribution scores")
@@ -161,9 +185,16 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     if params.faithfulness and slots:
         assert replacement is not None and replacement_label is not None
         report, more = faithfulness(
-            objective, scores, replacement, slots, replacement_label=replacement_label,
-            fractions=params.fractions, deletion_points=params.deletion_points,
-            random_orders=params.random_orders, batch_size=plain_batch, f_input=f_input,
+            objective,
+            scores,
+            replacement,
+            slots,
+            replacement_label=replacement_label,
+            fractions=params.fractions,
+            deletion_points=params.deletion_points,
+            random_orders=params.random_orders,
+            batch_size=plain_batch,
+            f_input=f_input,
         )
         passes += more
 
@@ -171,14 +202,26 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     peak = float(np.abs(values).max()) or 1.0
     normalized = values / peak
     tokens = [
-        TokenScore(index=i, text=t.text, start=t.start, end=t.end, score=float(values[i]),
-                   normalized=float(normalized[i]), special=bool(special[i]))
+        TokenScore(
+            index=i,
+            text=t.text,
+            start=t.start,
+            end=t.end,
+            score=float(values[i]),
+            normalized=float(normalized[i]),
+            special=bool(special[i]),
+        )
         for i, t in enumerate(trace.tokens)
     ]
     return ImportanceResult(
         method=params.method,
-        target=TargetInfo(kind=objective.kind, description=objective.description, value=f_input,
-                          token_ids=objective.token_ids, token_text=objective.token_text),
+        target=TargetInfo(
+            kind=objective.kind,
+            description=objective.description,
+            value=f_input,
+            token_ids=objective.token_ids,
+            token_text=objective.token_text,
+        ),
         baseline=baseline_label,
         scores=values.astype(np.float32),
         normalized=normalized.astype(np.float32),

@@ -5,10 +5,10 @@ The rules match Captum's names and nodes (``gauss_legendre`` = Captum's
 (Captum's sum to (n - 1) / n).
 
 ``geometric`` spacing keeps the straight path but substitutes alpha = (r**u - 1) / (r - 1),
-so the nodes crowd near the baseline. On RMSNorm models with a zero baseline the
-integrand lives almost entirely at small alpha: the first norm divides the scale away,
-so f(alpha * x) changes only while alpha * x is small against what the blocks add to
-the residual stream. Uniform nodes spend most steps where nothing happens.
+so the nodes crowd near the baseline: for targets whose change sits close to the
+baseline. It is not a cure for RMSNorm models with a zero baseline: there the
+integrand is near-singular at alpha -> 0 (the norm's 1/sqrt(eps) gain), and crowding
+nodes into that region made the delta worse on smollm2-135m (see the README).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from lmlens.wire import Float32Array, Result
 import msgspec
+
+from lmlens.wire import Float32Array, Result
 
 
 class TokenScore(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,7 +30,7 @@ class TargetInfo(msgspec.Struct, frozen=True, kw_only=True):
     kind: str  # next_token, continuation, loss, similarity
     description: str
     value: float  # f(input)
-    token_ids: list[int] = []  # next_token / continuation: the explained tokens
+    token_ids: list[int] = msgspec.field(default_factory=list)  # next_token / continuation: the explained tokens
     token_text: str = ""
 
 
@@ -89,4 +90,4 @@ class ImportanceResult(Result, frozen=True, kw_only=True, tag="importance"):
     faithfulness: Faithfulness | None
     batch_size: int  # rows per extra pass
     passes: int  # extra forward passes run (batched)
-    warnings: list[str] = []
+    warnings: list[str] = msgspec.field(default_factory=list)

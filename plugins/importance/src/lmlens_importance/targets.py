@@ -8,9 +8,8 @@ computed afresh from ``trace.input_ids``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +17,6 @@ from torch import nn
 
 from lmlens import InvalidParamsError, LoadedModel, Need, Trace
 from lmlens.forward import run_forward
-
 from lmlens_importance.errors import NonFiniteAttributionError
 from lmlens_importance.params import FIELD, ImportanceParams
 
@@ -109,8 +107,7 @@ def _lm_head(loaded: LoadedModel) -> nn.Module:
 def _logprobs(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """[batch, n, d_model] -> [batch, n, vocab] log-probabilities in at least float32."""
     logits = head(hidden)
-    return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16)
-                             else logits, dim=-1)
+    return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
 
 
 def resolve_kind(loaded: LoadedModel, params: ImportanceParams) -> str:
@@ -129,9 +126,7 @@ def resolve_kind(loaded: LoadedModel, params: ImportanceParams) -> str:
             field=f"{FIELD}.other_text",
         )
     if kind == "continuation" and not params.continuation:
-        raise InvalidParamsError(
-            'target "continuation" needs a non-empty continuation', field=f"{FIELD}.continuation"
-        )
+        raise InvalidParamsError('target "continuation" needs a non-empty continuation', field=f"{FIELD}.continuation")
     return kind
 
 
@@ -161,8 +156,16 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
             return _logprobs(head, hidden[:, -1:])[:, 0, token]  # [batch]
 
         piece = loaded.tokenizer.decode([token])
-        return Objective(loaded, kind, f"log p({piece!r} | text)", embeds, next_token,
-                         token_ids=[token], token_text=piece, lm_positions=1)
+        return Objective(
+            loaded,
+            kind,
+            f"log p({piece!r} | text)",
+            embeds,
+            next_token,
+            token_ids=[token],
+            token_text=piece,
+            lm_positions=1,
+        )
     if kind == "continuation":
         head = _lm_head(loaded)
         assert params.continuation
@@ -177,13 +180,20 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
             index = cont_ids.expand(hidden.shape[0], -1)[..., None]
             return logp.gather(-1, index)[..., 0].sum(-1)  # [batch]
 
-        return Objective(loaded, kind, f"log p({params.continuation!r} | text), summed over "
-                         f"{len(cont)} tokens", embeds, continuation, suffix=suffix,
-                         token_ids=cont, token_text=params.continuation, lm_positions=len(cont))
+        return Objective(
+            loaded,
+            kind,
+            f"log p({params.continuation!r} | text), summed over {len(cont)} tokens",
+            embeds,
+            continuation,
+            suffix=suffix,
+            token_ids=cont,
+            token_text=params.continuation,
+            lm_positions=len(cont),
+        )
     if kind == "loss":
         if n < 2:
-            raise InvalidParamsError("the loss target needs a text of at least two tokens",
-                                     field="text")
+            raise InvalidParamsError("the loss target needs a text of at least two tokens", field="text")
         head = _lm_head(loaded)
 
         def loss(hidden: torch.Tensor) -> torch.Tensor:
@@ -191,8 +201,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
             index = ids[:, 1:].expand(hidden.shape[0], -1)[..., None]
             return -logp.gather(-1, index)[..., 0].mean(-1)  # [batch]
 
-        return Objective(loaded, kind, "mean next-token loss (nats) over the text", embeds, loss,
-                         lm_positions=n - 1)
+        return Objective(loaded, kind, "mean next-token loss (nats) over the text", embeds, loss, lm_positions=n - 1)
     assert params.other_text
     other = loaded.tokenizer(params.other_text, return_tensors="pt")["input_ids"].to(loaded.device)
     other_hidden = run_forward(loaded, [Need("final")], input_ids=other)["final"]
@@ -203,5 +212,11 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
         pooled = hidden.mean(1)  # [batch, d_model]
         return torch.cosine_similarity(pooled, reference.to(pooled.dtype), dim=-1)  # [batch]
 
-    return Objective(loaded, kind, f"cosine similarity of mean-pooled embeddings with "
-                     f"{params.other_text!r}", embeds, similarity, token_text=params.other_text)
+    return Objective(
+        loaded,
+        kind,
+        f"cosine similarity of mean-pooled embeddings with {params.other_text!r}",
+        embeds,
+        similarity,
+        token_text=params.other_text,
+    )

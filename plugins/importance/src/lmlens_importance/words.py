@@ -13,7 +13,6 @@ import re
 from collections.abc import Sequence
 
 from lmlens import Token
-
 from lmlens_importance.result import WordScore
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
