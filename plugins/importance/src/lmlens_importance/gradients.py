@@ -15,12 +15,14 @@ def input_gradient(objective: Objective) -> torch.Tensor:
         check_finite(value.detach(), "the target")
         (grad,) = torch.autograd.grad(value.sum(), point)
     check_finite(grad, "the gradient")
-    return grad[0]
+    first: torch.Tensor = grad[0]
+    return first
 
 
 def saliency(objective: Objective) -> torch.Tensor:
     """[pos] L2 norm of the gradient per token (unsigned)."""
-    return input_gradient(objective).double().norm(dim=-1).cpu()
+    norms: torch.Tensor = input_gradient(objective).double().norm(dim=-1)
+    return norms.cpu()
 
 
 def gradient_x_input(objective: Objective) -> torch.Tensor:

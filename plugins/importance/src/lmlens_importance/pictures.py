@@ -14,7 +14,14 @@ from typing import Any
 from bokeh.core.property.vectorization import value
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper
+from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit lazily exported models
+    ColorBar,
+    ColumnDataSource,
+    Div,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+)
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 from bokeh.resources import CDN
@@ -109,8 +116,8 @@ def bokeh_layout(result: ImportanceResult, *, view: str = "tokens", width_chars:
         width=int(width_chars * 9 + 40),
         height=int(lines * 28 + 90),
         tools="save",
-        x_range=(-0.5, width_chars + 0.5),
-        y_range=(-lines * LINE_HEIGHT + 0.4, 0.6),
+        x_range=Range1d(start=-0.5, end=width_chars + 0.5),
+        y_range=Range1d(start=-lines * LINE_HEIGHT + 0.4, end=0.6),
         toolbar_location="right",
     )
     fig.rect(

@@ -27,7 +27,8 @@ def embed_ids(loaded: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """[batch, pos] token ids -> [batch, pos, d_model] input embeddings, no graph."""
     module = loaded.modules.resolve("embed").module
     with torch.inference_mode(False), torch.no_grad():
-        return module(ids.to(loaded.device)).detach().clone()
+        embeds: torch.Tensor = module(ids.to(loaded.device))
+        return embeds.detach().clone()
 
 
 def tokenize_plain(loaded: LoadedModel, text: str) -> list[int]:
