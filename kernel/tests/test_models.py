@@ -94,3 +94,8 @@ def test_model_info_shapes(tiny_models) -> None:
     info = tiny_models["bert"].info
     assert (info.family, info.causal, info.has_lm_head, info.d_model) == ("bert", False, False, 64)
     assert tiny_models["gpt2"].info.has_lm_head
+
+
+def test_loaded_weights_are_frozen(host: PluginHost) -> None:
+    loaded = load("tiny-gpt2", _options(host))
+    assert not any(p.requires_grad for p in loaded.model.parameters())

@@ -127,6 +127,10 @@ class LoadedModel:
             dtype=str(param.dtype).removeprefix("torch."),
         )
         model.eval()
+        # Analyses differentiate with respect to inputs, never weights: frozen weights keep
+        # backward passes from allocating weight gradients (and keep methods from toggling them).
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
         return cls(
             name=name,
             revision=revision,
