@@ -108,3 +108,16 @@ def test_importance_command_prints_and_saves(tmp_path, monkeypatch):
     assert "UNRELIABLE" in picture.read_text()
     bad = runner.invoke(group, ["importance", "x", "--model", "tiny-bert"])
     assert bad.exit_code == 2 and "other_text" in bad.output
+
+
+def test_scores_stitch_onto_long_documents(tiny_analyzer) -> None:
+    import numpy as np
+
+    analyzer = tiny_analyzer("llama")
+    text = "Which words matter here? " * 4
+    params = {"importance": {"method": "gradient", "target": "loss", "faithfulness": False}}
+    single = analyzer.analyze(text, methods=["importance"], params=params).methods["importance"]
+    document = analyzer.analyze_efficient(text, methods=["importance"], params=params, max_length=256)
+    np.testing.assert_allclose(document.per_token["importance"]["scores"], single.scores, rtol=1e-5, atol=1e-8)
+    estimate = analyzer.estimate_processing_requirements(text, ["importance"], params)
+    assert 0 < estimate.memory_estimate_gb.gradients_gb < 0.01  # one backward pass of a tiny model

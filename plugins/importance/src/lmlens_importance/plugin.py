@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,6 +237,17 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     )
 
 
+def extra_bytes(info: Any, params: ImportanceParams, n_tokens: int) -> float:
+    """Memory beyond the shared pass, for the kernel's estimate (before any work).
+
+    A plain gradient keeps one pass's activations for the backward pass; integrated
+    gradients and occlusion run batches sized to ``memory_budget_mb``.
+    """
+    if params.method in ("gradient", "gradient_x_input"):
+        return float(info.n_layers * n_tokens * (10 * info.d_model + 4 * info.d_mlp) * 4)
+    return float(params.memory_budget_mb) * 2**20
+
+
 IMPORTANCE = Method(
     name="importance",
     description="token importance: gradient, gradient x input, integrated gradients, occlusion; "
@@ -245,4 +257,6 @@ IMPORTANCE = Method(
     needs=_needs,
     run=run_importance,
     version=VERSION,
+    token_fields={"scores": 0},  # signed scores stitch across windows; normalised ones are per window
+    extra_bytes=lambda info, params, n_tokens: extra_bytes(info, params, n_tokens),
 )
