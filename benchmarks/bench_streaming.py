@@ -1,6 +1,6 @@
 """Streaming benchmarks on smollm2-135m: flat memory, linear time, honest estimates.
 
-    python benchmarks/bench_streaming.py [--lengths 2048 8192 32768] [--methods attention surprisal]
+    python benchmarks/bench_streaming.py [--lengths 2048 8192 32768] [--methods attention importance]
 
 Each case runs in a fresh subprocess: load the model, warm up, note the resident
 memory, reset the peak (Linux /proc/self/clear_refs), stream the document without
@@ -37,8 +37,9 @@ text = " ".join(rng.choice(words) for _ in range(args["tokens"] * 2))
 ids = loaded.tokenizer(text, add_special_tokens=False).input_ids[: args["tokens"]]
 text = loaded.tokenizer.decode(ids)
 params = {"attention": {"patterns": args["patterns"]}} if "attention" in args["methods"] else {}
-for extra in args.get("params", {}):
-    params.setdefault(extra, {}).update(args["params"][extra])
+for method, extra in args.get("params", {}).items():
+    if method in args["methods"]:
+        params.setdefault(method, {}).update(extra)
 # warm up on a short text: lazy imports and one-time allocations join the baseline, window-sized buffers do not
 list(analyzer.analyze_document_streaming(text[:100], methods=args["methods"], params=params,
                                          window_size=args["window"], stride=args["stride"]))
@@ -61,6 +62,10 @@ print(json.dumps({"tokens": len(stream.ids), "windows": n, "seconds": elapsed, "
 """
 
 
+# one gradient pass per window: what a document-wide importance map costs
+IMPORTANCE_PARAMS = {"importance": {"method": "gradient", "target": "loss", "faithfulness": False}}
+
+
 def run_case(**args) -> dict:
     out = subprocess.run([sys.executable, "-c", CASE, json.dumps(args)], capture_output=True, text=True,
                          env=os.environ.copy())
@@ -72,16 +77,19 @@ def run_case(**args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
-    parser.add_argument("--methods", nargs="+", default=["attention", "surprisal"])
+    parser.add_argument("--methods", nargs="+", default=["attention", "importance"])
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--skip-estimates", action="store_true")
+    parser.add_argument("--skip-lengths", action="store_true")
     args = parser.parse_args()
 
-    print(f"streaming {args.methods} (attention summaries only), window {args.window}, stride {args.stride}")
+    print(f"streaming {args.methods} (attention summaries, importance by gradient), window {args.window}, "
+          f"stride {args.stride}")
     rows = []
-    for n in args.lengths:
-        row = run_case(tokens=n, methods=args.methods, patterns=False, window=args.window, stride=args.stride)
+    for n in [] if args.skip_lengths else args.lengths:
+        row = run_case(tokens=n, methods=args.methods, patterns=False, window=args.window, stride=args.stride,
+                       params=IMPORTANCE_PARAMS)
         rows.append(row)
         print(f"  {row['tokens']:>6} tokens, {row['windows']:>3} windows: {row['seconds']:7.1f} s, "
               f"loaded model {row['baseline_gb']:.2f} GB, peak {row['peak_gb']:.2f} GB "
@@ -102,6 +110,8 @@ def main() -> None:
         dict(tokens=1024, methods=["attention"], patterns=False, window=512, stride=256),
         dict(tokens=1024, methods=["attention"], patterns=True, window=512, stride=512),
         dict(tokens=2048, methods=["attention", "surprisal"], patterns=True, window=1024, stride=1024),
+        dict(tokens=1024, methods=["attention", "importance"], patterns=False, window=512, stride=512,
+             params=IMPORTANCE_PARAMS),
         dict(tokens=2048, methods=["attention"], patterns=True, window=2048, stride=2048),
     ]
     for case in cases:

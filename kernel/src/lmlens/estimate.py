@@ -104,6 +104,10 @@ def estimate(
     n_windows = 1 if n_tokens <= window else 1 + -(-(n_tokens - window) // stride)
     needs = [need for m in methods for need in m.needs(info, params[m.name])]
     kept_attention, kept_other = kept_bytes(info, needs, window)
+    if n_windows > 1:
+        # A streaming consumer still holds window i (``for w in stream`` rebinds ``w`` only
+        # after the next window is computed), so two windows' kept results coexist.
+        kept_attention, kept_other = 2 * kept_attention, 2 * kept_other
     transient_attention, transient_other = transient_bytes(info, needs, window)
     gradients = sum(
         m.extra_bytes(info, params[m.name], window) for m in methods if m.extra_bytes is not None

@@ -121,6 +121,7 @@ class DocumentStream:
                 self.loaded, text, input_ids, tokens, self.methods, self.params, self.progress
             )
             yield WindowResult(window=window, n_windows=len(self.windows), offset=len(self.prefix), result=result)
+            del result  # the consumer holds the window now; do not keep it through the next one
 
 
 def collect_document(stream: DocumentStream, *, keep_windows: bool = False) -> DocumentResult:
