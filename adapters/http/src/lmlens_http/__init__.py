@@ -7,9 +7,21 @@ bounded pool, encode the result as JSON or MessagePack.
 ``create_app(config)`` builds the Starlette app; ``lmlens serve`` runs it.
 """
 
-__version__ = "0.1.0"  # before the imports: submodules read it
+from typing import Any
 
-from lmlens_http.app import create_app
-from lmlens_http.config import ServiceConfig, load_config
+__version__ = "0.1.0"
 
 __all__ = ["ServiceConfig", "__version__", "create_app", "load_config"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: plugin discovery imports lmlens_http.plugin, and should not pay for Starlette.
+    if name == "create_app":
+        from lmlens_http.app import create_app
+
+        return create_app
+    if name in ("ServiceConfig", "load_config"):
+        from lmlens_http import config
+
+        return getattr(config, name)
+    raise AttributeError(name)

@@ -57,9 +57,27 @@ def register_methods(register: Callable[[Method], None]) -> None:
         register(method)
 
 
+PANEL_FUNCTIONS = {
+    "attention": "attention_panel",
+    "head_patterns": "head_patterns_panel",
+    "head_importance": "head_importance_panel",
+    "attention_rollout": "rollout_panel",
+}
+
+
+def _lazy_panel(function: str) -> Callable[..., Any]:
+    """Bokeh and matplotlib take about 2 s to import: load them on the first drawing, not at discovery."""
+
+    def panel(result: Any, *, save_path: str | None = None, **options: Any) -> Any:
+        from lmlens_attention import panels
+
+        return getattr(panels, function)(result, save_path=save_path, **options)
+
+    panel.__name__ = function
+    return panel
+
+
 @hookimpl
 def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    from lmlens_attention.panels import PANELS  # bokeh and matplotlib load only when drawing
-
-    for method, panel in PANELS.items():
-        register(method, panel)
+    for method, function in PANEL_FUNCTIONS.items():
+        register(method, _lazy_panel(function))

@@ -6,11 +6,17 @@ work a barrier waits for whichever thread was descheduled: measured on SmolLM2 a
 tokens on two busy cores, the reducers of one layer took 206 ms with two threads and
 14 ms with one. The forward pass itself keeps every thread; only the hook's own work
 is narrowed, and the setting is restored before the model continues.
+
+It is opt-in (``LMLENS_ONE_THREAD_REDUCERS=1``): on a quiet machine two threads were
+faster (SmolLM2, 512 tokens: `attention` at 1.14x a bare pass with two threads, 1.28x
+with one), and ``torch.set_num_threads`` is process-wide, so in a server whose pool
+runs two analyses at once it would narrow the other one's forward pass too.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,6 +26,8 @@ R = TypeVar("R")
 
 
 def on_one_thread(reducer: Callable[[torch.Tensor], R]) -> Callable[[torch.Tensor], R]:
+    if os.environ.get("LMLENS_ONE_THREAD_REDUCERS") != "1":
+        return reducer
     @functools.wraps(reducer)
     def run(pattern: torch.Tensor) -> R:
         before = torch.get_num_threads()

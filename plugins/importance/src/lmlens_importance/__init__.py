@@ -39,7 +39,10 @@ def register_methods(register: Callable[[Method], None]) -> None:
 
 @hookimpl
 def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    from lmlens_importance.pictures import importance_panel
+    def importance_panel(result: Any, *, save_path: str | None = None, **options: Any) -> Any:
+        from lmlens_importance.pictures import importance_panel as draw  # bokeh loads on first use
+
+        return draw(result, save_path=save_path, **options)
 
     register("importance", importance_panel)
 
