@@ -46,3 +46,16 @@ def test_cancel_only_unfinished_jobs(store: JobStore) -> None:
     assert not store.cancel(job_id)
     with pytest.raises(KeyError):
         store.status("nope")
+
+
+def test_worker_threads_split_the_cores(monkeypatch) -> None:
+    import os
+
+    from lmlens_worker.plugin import torch_thread_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert torch_thread_env(2, 1) == {"OMP_NUM_THREADS": "4"}
+    assert torch_thread_env(16, 1) == {"OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert torch_thread_env(2, 1) == {}

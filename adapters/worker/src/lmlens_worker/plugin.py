@@ -37,6 +37,18 @@ def _queue() -> Any:
     return RedisJobQueue()
 
 
+def torch_thread_env(processes: int, threads: int) -> dict[str, str]:
+    """Split the cores between the worker threads, unless the user chose already.
+
+    Measured on 2 cores (200 texts, SmolLM2): 2 processes with torch's default 2 threads
+    each ran at 0.37x the speed of 1 process; with 1 thread each, 1.69x.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    per_worker = max(1, (os.cpu_count() or 1) // max(1, processes * threads))
+    return {"OMP_NUM_THREADS": str(per_worker)}
+
+
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.command("worker")
@@ -49,6 +61,7 @@ def register_commands(cli: click.Group) -> None:
         queue = WorkerSettings.from_env().queue
         args = [sys.executable, "-m", "dramatiq", "lmlens_worker.actors", "--processes", str(processes),
                 "--threads", str(threads), "--queues", queue, f"{queue}.DQ"]
+        os.environ.update(torch_thread_env(processes, threads))
         os.execv(sys.executable, args)
 
     @cli.group("jobs")
