@@ -186,7 +186,7 @@ class Analyzer:
         resolved = self.resolve_params(chosen, params)
         loaded = self.load_model(model)
         input_ids, tokens = self.tokenize(loaded, text)
-        self.check_memory(loaded, chosen, resolved, n_tokens=len(tokens))
+        self.check_memory(self._estimate(loaded, chosen, resolved, n_tokens=len(tokens)))
 
         key = None
         if self.cache is not None and use_cache:
@@ -265,17 +265,9 @@ class Analyzer:
             flops_per_second=self._flops_per_second.get(loaded.name, DEFAULT_FLOPS_PER_SECOND),
         )
 
-    def check_memory(
-        self,
-        loaded: LoadedModel,
-        chosen: Sequence[Method],
-        resolved: dict[str, Any],
-        *,
-        n_tokens: int,
-        window_size: int | None = None,
-        stride: int | None = None,
-    ) -> ProcessingEstimate:
-        found = self._estimate(loaded, chosen, resolved, n_tokens=n_tokens, window_size=window_size, stride=stride)
+    @staticmethod
+    def check_memory(found: ProcessingEstimate) -> ProcessingEstimate:
+        """Refuse, with advice, an analysis whose estimate exceeds MEMORY_LIMIT_GB."""
         if not found.fits:
             mem = found.memory_estimate_gb
             raise MemoryLimitError(

@@ -76,8 +76,10 @@ class DocumentStream:
             raise InvalidParamsError("the document has no tokens", field="text")
         self.plan = plan_windows(len(self.ids), window_size, stride)
         self.estimate = analyzer.check_memory(
-            self.loaded, self.methods, self.params, n_tokens=len(self.ids),
-            window_size=window_size + n_special, stride=stride,
+            analyzer._estimate(
+                self.loaded, self.methods, self.params, n_tokens=len(self.ids),
+                window_size=window_size + n_special, stride=stride,
+            )
         )
         self.progress = progress
         pieces = self.loaded.tokenizer.convert_ids_to_tokens(self.ids)

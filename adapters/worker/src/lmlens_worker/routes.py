@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from lmlens.errors import InvalidParamsError, LmlensError
 from lmlens_worker.queue import RedisJobQueue
+from lmlens_worker.store import JobStatus
 
 
 class NoJobQueueError(LmlensError):
@@ -35,14 +36,9 @@ class JobAccepted(msgspec.Struct, frozen=True, kw_only=True):
     status: str
 
 
-class JobState(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    kind: str
-    status: str
-    progress: float
-    message: str
-    attempts: int
-    error: dict[str, Any] | None = None
+class JobState(JobStatus, frozen=True, kw_only=True):
+    """The stored status, plus the result once the job is done."""
+
     result: Any = None
 
 
@@ -95,8 +91,7 @@ async def job(request: Request) -> Response:
     if status["status"] == "done":
         raw = await run_in_threadpool(queue.raw_result, job_id)
         result = msgspec.msgpack.decode(raw) if raw is not None else None
-    fields = {k: status[k] for k in ("id", "kind", "status", "progress", "message", "attempts", "error")}
-    return encode_response(request, JobState(**fields, result=result))
+    return encode_response(request, JobState(**status, result=result))
 
 
 def register(register_route: Callable[..., None]) -> None:
