@@ -8,7 +8,8 @@ lmlens) plus prose written for lmlens (``corpus/written.txt``).
     nice python plugins/anomaly/scripts/generate_corpus.py --per-prompt 4
 
 Writes ``src/lmlens_anomaly/corpus/generated.txt``: one text per paragraph
-(separated by blank lines). Sampling is seeded, so a rerun gives the same file on
+(separated by blank lines), rewritten after every batch, so the run can be stopped
+when the CPU budget is spent. Sampling is seeded, so a rerun gives the same file on
 the same torch build.
 """
 
@@ -129,8 +130,8 @@ def main() -> None:
             tokenize=False,
             add_generation_prompt=True,
         )
-        for topic in TOPICS
         for _ in range(args.per_prompt)
+        for topic in TOPICS  # every topic once before any twice: a partial run is still diverse
     ]
     texts: list[str] = []
     started = time.time()

@@ -109,8 +109,8 @@ def collect(
     info = loaded.info
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
-    n_held = max(10, int(round(holdout * len(texts))))
-    held_idx, fit_idx = set(order[:n_held].tolist()), order[n_held:]
+    n_held = max(10, round(holdout * len(texts)))
+    held_idx = set(order[:n_held].tolist())
     candidates = candidate_layers(info.n_layers)
     plan = Plan(
         hidden_layers=tuple(candidates),

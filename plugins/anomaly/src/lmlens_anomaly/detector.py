@@ -306,10 +306,7 @@ def threshold_for(scores: np.ndarray, target_fpr: float) -> float:
     if target_fpr >= tail.rate:
         return float(np.quantile(scores, 1.0 - target_fpr))
     ratio = tail.rate / target_fpr
-    if tail.shape > 0:
-        y = tail.scale / tail.shape * (ratio**tail.shape - 1.0)
-    else:
-        y = tail.scale * math.log(ratio)
+    y = tail.scale / tail.shape * (ratio ** tail.shape - 1.0) if tail.shape > 0 else tail.scale * math.log(ratio)
     return float(tail.threshold + y)
 
 
@@ -438,6 +435,10 @@ def fit_detector(
     }
     for name, t in tails.items():
         tensors[f"tail.{name}"] = t.sample
+    # Gaussians ship as float32 (half the size); score the held-out split with exactly those
+    for key in list(tensors):
+        if key.endswith((".precision", ".location")):
+            tensors[key] = tensors[key].astype(np.float32).astype(np.float64)
     detector = Detector(config=config, tensors=tensors)
 
     held_scores = np.array([detector.combined(f) for f in held])

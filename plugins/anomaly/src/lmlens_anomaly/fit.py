@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from lmlens.artifacts import check_name
 from lmlens.errors import InvalidParamsError
 from lmlens_anomaly.collect import collect, normal_texts
 from lmlens_anomaly.detector import KIND, Detector, fit_detector
 from lmlens_anomaly.features import hidden_point
 
 Progress = Callable[[float, str], None]
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def check_fit_params(name: object, target_fpr: object) -> tuple[str, float]:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise InvalidParamsError(
-            "name must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit", field="name"
-        )
+    check_name(name, "name")  # type: ignore[arg-type]
     if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not 0 < target_fpr < 0.5:
         raise InvalidParamsError("target_fpr must be a number in (0, 0.5)", field="target_fpr")
-    return name, float(target_fpr)
+    return str(name), float(target_fpr)
 
 
 def points_of(detector: Detector) -> list[str]:
@@ -62,7 +60,10 @@ def build_artifact(
         model_name=loaded.name,
         points=points_of(detector),
         config=detector.config,
-        tensors=detector.tensors,
+        tensors={
+            k: v.astype(np.float32) if k.endswith((".precision", ".location")) else v
+            for k, v in detector.tensors.items()
+        },
         metrics=metrics,
         provenance={"data_hash": digest, "data_size": len(valid), "seed": seed},
     )

@@ -111,4 +111,7 @@ ANOMALY = Method(
     version=VERSION,
     token_fields={"token_scores": 0},
     extra_bytes=_extra_bytes,
+    # a named detector is checked against the model before any work; the default is
+    # resolved from the model's name in run() (``artifacts`` gets no model to resolve it)
+    artifacts=lambda params: [(KIND, params.detector)] if params.detector else [],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from lmlens.wire import Float32Array, Result
 
 
@@ -47,7 +48,7 @@ class SignalReport(_ByKey, msgspec.Struct, frozen=True, kw_only=True):
     normal_low: float  # 0.5% quantile of normal texts
     normal_high: float  # 99.5% quantile of normal texts
     fired: bool
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class AnomalyResult(_ByKey, Result, frozen=True, kw_only=True, tag="anomaly"):
@@ -61,4 +62,4 @@ class AnomalyResult(_ByKey, Result, frozen=True, kw_only=True, tag="anomaly"):
     anomaly_types: list[SignalReport]  # the signals that fired
     signals: list[SignalReport]  # every active signal
     token_scores: Float32Array  # [pos] -log10 p of each token's own oddness (0 for special tokens)
-    notes: list[str] = []
+    notes: list[str] = msgspec.field(default_factory=list)

@@ -44,10 +44,7 @@ class Tail:
         count = n - np.searchsorted(self.sample, s, side="left")
         body = np.log((count + 1.0) / (n + 1.0))
         y = np.maximum(s - self.threshold, 0.0) / self.scale
-        if self.shape > 0:
-            tail = np.log(self.rate) - np.log1p(self.shape * y) / self.shape
-        else:
-            tail = np.log(self.rate) - y
+        tail = np.log(self.rate) - np.log1p(self.shape * y) / self.shape if self.shape > 0 else np.log(self.rate) - y
         return np.where(s > self.threshold, tail, body)
 
     def score(self, values: np.ndarray | float) -> np.ndarray:
