@@ -7,7 +7,9 @@ signal               value                                                    gr
 ==================== ======================================================== ===========
 ``hidden_L{l}``      squared Mahalanobis distance of the mean-pooled          activations
                      ``blocks.{l}.resid_post`` (Ledoit-Wolf covariance)
-``attention_entropy`` mean over heads of z^2, z = (entropy - normal mean) / sd attention
+``attention_entropy`` mean over heads of log(1 + z^2), z = (entropy - normal) attention
+                     / sd, where "normal" is a per-head line in log(tokens):
+                     attention statistics drift with length
 ``attention_sink``   the same for the attention mass on position 0            attention
 ``surprisal_mean``   mean token surprisal (nats)                              surprisal
 ``surprisal_low``    minus the mean surprisal (text far *more* predictable    surprisal
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from lmlens_anomaly.features import CHAR_FEATURES, Features, Plan
 from lmlens_anomaly.tails import LN10, Tail, fit_tail
@@ -65,8 +68,10 @@ class Gaussian:
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row of ``x`` ([n, d] or [d])."""
-        diff = np.atleast_2d(np.asarray(x, dtype=np.float64)) - self.location
-        return np.einsum("nd,de,ne->n", diff, self.precision, diff)
+        # torch rather than numpy: numpy's multi-threaded OpenBLAS was 100x slower on a busy
+        # machine (and einsum's 3-operand loop is slow anyway)
+        diff = torch.from_numpy(np.atleast_2d(np.asarray(x, dtype=np.float64)) - self.location)
+        return ((diff @ torch.from_numpy(self.precision)) * diff).sum(dim=1).numpy()
 
 
 def fit_gaussian(x: np.ndarray) -> Gaussian:
@@ -154,6 +159,12 @@ class Detector:
             causal=bool(self.config["causal"]),
         )
 
+    def attention_normal(self, n_tokens: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-head normal value at this length, and the spread around it: [layer, head] each."""
+        coef = self.tensors["attention.coef"][..., channel, :]  # [layer, head, 2]
+        mean = coef[..., 0] + coef[..., 1] * math.log(max(n_tokens, 2))
+        return mean, self.tensors["attention.sd"][..., channel]
+
     def tail(self, name: str) -> Tail:
         return Tail.from_parts(self.config["tails"][name], self.tensors[f"tail.{name}"])
 
@@ -184,10 +195,9 @@ class Detector:
                 if f.attention is None:
                     continue
                 channel = 0 if name == "attention_entropy" else 1
-                mean = self.tensors["attention.mean"][..., channel]
-                sd = self.tensors["attention.sd"][..., channel]
+                mean, sd = self.attention_normal(f.n_tokens, channel)
                 z = (f.attention[..., channel] - mean) / sd  # [layer, head]
-                values[name] = float(np.mean(z**2))
+                values[name] = float(np.mean(np.log1p(z**2)))
                 worst = np.argsort(-np.abs(z), axis=None)[:3]
                 heads = []
                 for flat in worst:
@@ -334,6 +344,20 @@ def fit_detector(
     progress: Progress | None = None,
 ) -> tuple[Detector, dict[str, Any]]:
     """Fit every part; returns the detector and its metrics."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread: see Gaussian.distance
+        return _fit_detector(data, target_fpr=target_fpr, n_hidden=n_hidden, seed=seed, progress=progress)
+
+
+def _fit_detector(
+    data: FitData,
+    *,
+    target_fpr: float,
+    n_hidden: int,
+    seed: int,
+    progress: Progress | None,
+) -> tuple[Detector, dict[str, Any]]:
     notify = progress or (lambda fraction, message: None)
     rng = np.random.default_rng(seed)
     fit, held = data.fit, data.held
@@ -361,15 +385,20 @@ def fit_detector(
         tensors[f"hidden.{layer}.location"] = gaussians[layer].location
         tensors[f"hidden.{layer}.precision"] = gaussians[layer].precision
 
-    # attention: per-head normal mean and spread
+    # attention: per head, a least-squares line in log(tokens) and the spread around it
     if data.attention_layers:
         att = np.stack([f.attention for f in fit if f.attention is not None])  # [n, layer, head, 2]
-        mean, sd = att.mean(0), att.std(0, ddof=1)
-        sd = np.maximum(sd, 1e-3 * np.abs(mean) + 1e-6)
-        tensors["attention.mean"], tensors["attention.sd"] = mean, sd
+        design = np.stack([np.ones(len(fit)), np.log(np.maximum([f.n_tokens for f in fit], 2))], axis=1)  # [n, 2]
+        flat = att.reshape(len(fit), -1)
+        coef, *_ = np.linalg.lstsq(design, flat, rcond=None)  # [2, layer*head*2]
+        resid = flat - design @ coef
+        sd = resid.std(0, ddof=2).reshape(att.shape[1:])
+        sd = np.maximum(sd, 1e-3 * np.abs(att.mean(0)) + 1e-6)
+        tensors["attention.coef"] = np.moveaxis(coef.reshape(2, *att.shape[1:]), 0, -1)  # [layer, head, 2, 2]
+        tensors["attention.sd"] = sd
+        z = resid.reshape(att.shape) / sd
         for channel, name in enumerate(("attention_entropy", "attention_sink")):
-            z = (att[..., channel] - mean[..., channel]) / sd[..., channel]
-            normal_values[name] = (z**2).mean(axis=(1, 2))
+            normal_values[name] = np.log1p(z[..., channel] ** 2).mean(axis=(1, 2))
             signals[name] = "attention"
 
     # surprisal

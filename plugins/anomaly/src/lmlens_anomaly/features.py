@@ -28,8 +28,8 @@ import torch
 
 from lmlens import Need
 
-PUNCT = frozenset(string.punctuation)
-VOWELS = frozenset("aeiouAEIOU")
+_DROP_PUNCT = str.maketrans("", "", string.punctuation)
+_DROP_VOWELS = str.maketrans("", "", "aeiouAEIOU")
 CHAR_FEATURES = (
     "letters",
     "digits",
@@ -106,6 +106,7 @@ class Features:
     chars: np.ndarray  # [len(CHAR_FEATURES)]
     repetition: float
     content: np.ndarray  # [pos] bool: tokens that carry text
+    n_tokens: int = 0  # tokens in the pass (what attention statistics depend on)
 
 
 def content_mask(input_ids: Sequence[int], special_ids: set[int], causal: bool) -> np.ndarray:
@@ -119,17 +120,17 @@ def content_mask(input_ids: Sequence[int], special_ids: set[int], causal: bool) 
 
 def char_features(text: str, n_tokens: int) -> np.ndarray:
     n = max(len(text), 1)
-    letters = sum(c.isalpha() for c in text)
-    digits = sum(c.isdigit() for c in text)
-    space = sum(c.isspace() for c in text)
-    punct = sum(c in PUNCT for c in text)
+    letters = sum(map(str.isalpha, text))
+    digits = sum(map(str.isdigit, text))
+    space = sum(map(str.isspace, text))
+    punct = len(text) - len(text.translate(_DROP_PUNCT))
     other = n - letters - digits - space - punct
-    non_ascii = sum(ord(c) > 127 for c in text)
-    upper = sum(c.isupper() for c in text)
-    ascii_letters = sum(c.isascii() and c.isalpha() for c in text)
-    vowels = sum(c in VOWELS for c in text)
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+    upper = sum(map(str.isupper, text))
+    ascii_letters = sum(c.isascii() and c.isalpha() for c in text) if non_ascii else letters
+    vowels = len(text) - len(text.translate(_DROP_VOWELS))
     words = text.split()
-    mean_word = sum(len(w) for w in words) / max(len(words), 1)
+    mean_word = sum(map(len, words)) / max(len(words), 1)
     long_words = sum(len(w) > 12 for w in words) / max(len(words), 1)
     return np.array(
         [
@@ -200,4 +201,5 @@ def extract(
         chars=char_features(text, len(content_ids)),
         repetition=repetition(content_ids),
         content=content,
+        n_tokens=len(ids),
     )

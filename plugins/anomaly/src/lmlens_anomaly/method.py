@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,10 +66,31 @@ def report(verdict: Verdict, detector: Detector, name: str, params: AnomalyParam
     )
 
 
+_DETECTORS: OrderedDict[str, Detector] = OrderedDict()
+_DETECTORS_LOCK = threading.Lock()
+_MEMO_SIZE = 8
+
+
+def detector_from(artifact: Any) -> Detector:
+    """The artifact as a ready ``Detector`` (float64 arrays), memoised by content hash."""
+    key = artifact.content_hash
+    with _DETECTORS_LOCK:
+        found = _DETECTORS.get(key) if key else None
+        if found is not None:
+            _DETECTORS.move_to_end(key)
+            return found
+    made = Detector.from_artifact(artifact)
+    if key:
+        with _DETECTORS_LOCK:
+            _DETECTORS[key] = made
+            while len(_DETECTORS) > _MEMO_SIZE:
+                _DETECTORS.popitem(last=False)
+    return made
+
+
 def detector_for(trace: Trace, params: AnomalyParams) -> tuple[Detector, str]:
     name = params.detector or default_name(trace.model.name)
-    artifact = trace.artifact(KIND, name)  # type: ignore[attr-defined]
-    return Detector.from_artifact(artifact), name
+    return detector_from(trace.artifact(KIND, name)), name
 
 
 def score_trace(detector: Detector, trace: Trace, params: AnomalyParams) -> Verdict:
