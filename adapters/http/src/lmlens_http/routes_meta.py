@@ -1,4 +1,4 @@
-"""``GET /plugins``, ``GET /models``, ``GET /health``."""
+"""``GET /plugins``, ``GET /models``, ``GET /artifacts``, ``GET /health``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,14 @@ async def models(request: Request) -> Response:
     return encode_response(request, await anyio.to_thread.run_sync(model_rows, service))
 
 
+async def artifacts(request: Request) -> Response:
+    """Fitted artifacts (``?kind=sae``), with their metrics; never their tensors or paths."""
+    service: Service = request.app.state.service
+    kind = request.query_params.get("kind") or None
+    rows = await anyio.to_thread.run_sync(service.analyzer.artifacts, kind)
+    return encode_response(request, [msgspec.structs.replace(row, path="") for row in rows])
+
+
 async def health(request: Request) -> Response:
     service: Service = request.app.state.service
     return encode_response(request, await anyio.to_thread.run_sync(health_report, service))
@@ -80,5 +88,6 @@ async def health(request: Request) -> Response:
 ROUTES = [
     Route("/plugins", plugins, methods=["GET"], name="plugins"),
     Route("/models", models, methods=["GET"], name="models"),
+    Route("/artifacts", artifacts, methods=["GET"], name="artifacts"),
     Route("/health", health, methods=["GET"], name="health"),
 ]
