@@ -34,7 +34,8 @@ def test_heads_point_is_the_output_projection_input(tiny_models, family: str) ->
 def test_zeroing_every_head_leaves_only_the_projection_bias(tiny_models, family: str) -> None:
     loaded = tiny_models[family]
     zero = Patch("blocks.0.attn.heads", lambda heads, ctx: torch.zeros_like(heads))
-    out = run_forward(loaded, [Need("blocks.0.attn.out")], input_ids=ids_of(loaded), patches=[zero])["blocks.0.attn.out"]
+    got = run_forward(loaded, [Need("blocks.0.attn.out")], input_ids=ids_of(loaded), patches=[zero])
+    out = got["blocks.0.attn.out"]
     bias = getattr(loaded.modules.head_mixer(0), "bias", None)
     expected = torch.zeros_like(out) if bias is None else bias.expand_as(out)
     torch.testing.assert_close(out, expected)
@@ -83,7 +84,9 @@ def test_per_row_patches_in_one_batch(tiny_models) -> None:
 def test_patterns_are_read_only(tiny_models) -> None:
     loaded = tiny_models["gpt2"]
     with pytest.raises(InvalidParamsError, match="read-only"):
-        run_forward(loaded, [Need("final")], input_ids=ids_of(loaded), patches=[Patch("blocks.0.attn.pattern", lambda x, c: x)])
+        run_forward(
+            loaded, [Need("final")], input_ids=ids_of(loaded), patches=[Patch("blocks.0.attn.pattern", lambda x, c: x)]
+        )
 
 
 def test_hooks_come_off_when_a_patch_raises(tiny_models) -> None:
@@ -94,10 +97,13 @@ def test_hooks_come_off_when_a_patch_raises(tiny_models) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_forward(loaded, [Need("final")], input_ids=ids_of(loaded), patches=[Patch("blocks.0.attn.heads", broken)])
+        run_forward(
+            loaded, [Need("final")], input_ids=ids_of(loaded), patches=[Patch("blocks.0.attn.heads", broken)]
+        )
     with pytest.raises(ValueError, match="changed the shape"):
         run_forward(
-            loaded, [Need("final")], input_ids=ids_of(loaded), patches=[Patch("blocks.0.mlp.out", lambda x, c: x[:, :1])]
+            loaded, [Need("final")], input_ids=ids_of(loaded),
+            patches=[Patch("blocks.0.mlp.out", lambda x, c: x[:, :1])],
         )
     assert hook_count(loaded) == before
     assert not loaded.lock._is_owned()  # type: ignore[attr-defined]
