@@ -76,8 +76,8 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
 def models_command(ctx: click.Context, as_json: bool) -> None:
     """List model aliases, where their weights come from, and whether they are installed."""
     rows = [
-        wire.ModelInfoRow(
-            alias=a.name,
+        wire.ModelRow(
+            name=a.name,
             description=a.description,
             source=a.source,
             installed=a.locate() is not None,
@@ -90,7 +90,7 @@ def models_command(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         state = "installed" if row.installed else f"missing: {row.install_hint}"
-        click.echo(f"{row.alias:14} {state}\n  {row.description}\n  from {row.source}")
+        click.echo(f"{row.name:14} {state}\n  {row.description}\n  from {row.source}")
 
 
 def _parse_params(raw: tuple[str, ...]) -> dict[str, dict[str, Any]]:

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from lmlens import wire
 from lmlens.artifacts import ArtifactInfo
-from lmlens.wire import ErrorBody, PluginInfo
-from lmlens_http.schemas import Health, ModelRow
+from lmlens.wire import ErrorBody, ModelRow, PluginInfo
+from lmlens_http.schemas import Health
 
 _PATH_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")

@@ -9,9 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import lmlens_http
-from lmlens.wire import PluginInfo
+from lmlens.wire import ModelRow, PluginInfo
 from lmlens_http.codec import encode_response
-from lmlens_http.schemas import CacheHealth, Health, ModelRow, PoolHealth
+from lmlens_http.schemas import CacheHealth, Health, PoolHealth
 from lmlens_http.service import Service
 
 
@@ -35,6 +35,7 @@ def model_rows(service: Service) -> list[ModelRow]:
                 name=name,
                 description=alias.description if alias else f"configured model {name}",
                 installed=alias.locate() is not None if alias else True,
+                source=alias.source if alias else name,
                 loaded=name in loaded,
                 default=name == service.default_model,
                 install_hint=alias.install_hint if alias else None,
