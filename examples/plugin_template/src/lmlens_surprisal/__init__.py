@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,7 @@ import torch
 from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace, hookimpl
 from lmlens.wire import Float32Array
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("lmlens-surprisal")  # one source of truth: the package metadata
 
 
 class SurprisalParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

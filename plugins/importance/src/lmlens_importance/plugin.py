@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from lmlens_importance.targets import (
 )
 from lmlens_importance.words import merge_words
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("lmlens-importance")  # one source of truth: the package metadata
 
 
 def _needs(info: ModelInfo, params: ImportanceParams) -> Sequence[Need]:
