@@ -39,7 +39,7 @@ from lmlens.plugins import PluginHost
 from lmlens.request import Progress, Request, run_request
 from lmlens.settings import Settings
 from lmlens.streaming import DocumentStream, collect_document
-from lmlens.wire import AnalysisResult, Token
+from lmlens.wire import AnalysisResult, Result, Token
 
 __all__ = ["Analyzer", "Progress"]
 
@@ -585,8 +585,16 @@ class Analyzer:
     ) -> Any:
         """The attention pattern of one head as an interactive heatmap.
 
-        ``result`` is the analysis or its attention result (``results["attention"]``).
+        ``result`` is the analysis or its attention result (``results["attention"]``). A
+        convenience over ``visualize``; it needs the attention plugin (lmlens-attention).
         """
+        if "attention" not in self.plugins.methods:
+            installed = ", ".join(sorted(self.plugins.methods)) or "none"
+            raise UnknownMethodError(
+                "visualize_attention needs the attention plugin: pip install lmlens-attention "
+                f"(installed methods: {installed})",
+                field="methods",
+            )
         return self.visualize(result, "attention", save_path=save_path, layer=layer, head=head)
 
     def cache_key(
