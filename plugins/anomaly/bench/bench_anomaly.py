@@ -106,8 +106,16 @@ def score_all(detector, loaded, texts: list[str]) -> tuple[np.ndarray, dict[str,
     )
 
 
+def fisher_scores(single: dict[str, np.ndarray]) -> np.ndarray:
+    """The ``fisher`` rule's score from each signal's -log10 p."""
+    from lmlens_anomaly.detector import combine
+
+    log_ps = -np.stack([single[n] for n in single], axis=1) * np.log(10.0)  # [texts, signals]
+    return np.array([combine(list(row), "fisher") for row in log_ps])
+
+
 def speed(analyzer, loaded, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    words = "The small boat drifted slowly along the quiet river while the children waved from the bank ".split()
+    words = "The small boat drifted slowly along the quiet river while the children waved from the bank".split()  # noqa: SIM905
     text = ""
     while True:
         candidate = (text + " " + words[len(text.split()) % len(words)]).strip()
@@ -163,24 +171,28 @@ def main() -> None:
         detector = Detector.from_artifact(analyzer.load_artifact(KIND, default_name(model)))
         base, base_single, base_fired = score_all(detector, loaded, normal)
         fpr = float(np.mean(base > detector.threshold))
+        base_fisher = fisher_scores(base_single)
+        fisher_threshold = detector.config["thresholds"]["fisher"]
         rows = {}
         for family, texts in fams.items():
             scores, single, fired = score_all(detector, loaded, texts)
             ablation = {
                 n: {"auroc": auroc(base_single[n], single[n]), "fired": float(fired[n].mean())} for n in single
             }
-            fisher = np.sum([single[n] for n in single], axis=0)  # sum of -log10 p: Fisher's statistic / (2 ln 10)
-            base_fisher = np.sum([base_single[n] for n in base_single], axis=0)
+            fisher = fisher_scores(single)
             rows[family] = {
                 "n": len(texts),
                 "auroc": auroc(base, scores),
                 "auroc_fisher_rule": auroc(base_fisher, fisher),
+                "flagged_fisher_rule": float(np.mean(fisher > fisher_threshold)),
                 "flagged": float(np.mean(scores > detector.threshold)),
                 "ablation": ablation,
             }
         report[model] = {
             "normal_texts": len(normal),
             "fpr": fpr,
+            "rule": detector.rule,
+            "fpr_fisher_rule": float(np.mean(base_fisher > fisher_threshold)),
             "threshold": detector.threshold,
             "target_fpr": detector.config["target_fpr"],
             "normal_fired": {n: float(v.mean()) for n, v in base_fired.items()},
@@ -193,16 +205,18 @@ def main() -> None:
 
 
 def print_model(model: str, r: dict) -> None:  # type: ignore[type-arg]
-    print(f"\n## {model}: FPR {r['fpr']:.3f} on {r['normal_texts']} held-out normal texts "
-          f"(target {r['target_fpr']}, threshold {r['threshold']:.2f})")
-    print("| family | n | AUROC | flagged | AUROC, Fisher rule | strongest signals alone (AUROC) | fired most |")
+    print(f"\n## {model}: rule {r['rule']}, FPR {r['fpr']:.3f} on {r['normal_texts']} held-out normal texts "
+          f"(target {r['target_fpr']}, threshold {r['threshold']:.2f}); Fisher rule FPR {r['fpr_fisher_rule']:.3f}")
+    print("| family | n | AUROC | flagged | AUROC / flagged, Fisher rule | strongest signals alone (AUROC) "
+          "| fired most |")
     print("|---|---|---|---|---|---|---|")
     for family, row in r["families"].items():
         ab = row["ablation"]
         top = sorted(ab, key=lambda n: -ab[n]["auroc"])[:3]
         most = sorted(ab, key=lambda n: -ab[n]["fired"])[:2]
         print(
-            f"| {family} | {row['n']} | {row['auroc']:.3f} | {row['flagged']:.2f} | {row['auroc_fisher_rule']:.3f} | "
+            f"| {family} | {row['n']} | {row['auroc']:.3f} | {row['flagged']:.2f} | "
+            f"{row['auroc_fisher_rule']:.3f} / {row['flagged_fisher_rule']:.2f} | "
             + ", ".join(f"{n} {ab[n]['auroc']:.2f}" for n in top)
             + " | "
             + ", ".join(f"{n} {ab[n]['fired']:.2f}" for n in most)

@@ -2,6 +2,7 @@
 
     nice python plugins/anomaly/scripts/fit_defaults.py [--models smollm2-135m minilm-l6]
 
+The tiny random models get defaults too (the seed examples and demos run on them).
 The corpus (``lmlens_anomaly.corpus``) is split by hash: one text in five is never
 fitted on, and its false-positive rate at the shipped threshold is written into the
 artifact's metrics (``test_fpr``); ``bench/bench_anomaly.py`` measures it again with the
@@ -24,9 +25,12 @@ DEFAULTS = HERE.parent / "src" / "lmlens_anomaly" / "defaults"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "minilm-l6"])
+    parser.add_argument(
+        "--models", nargs="+", default=["smollm2-135m", "minilm-l6", "tiny-gpt2", "tiny-llama", "tiny-bert"]
+    )
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--combine", default="bonferroni_max", choices=["bonferroni_max", "fisher"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -50,12 +54,20 @@ def main() -> None:
             print(f"  {model} {fraction:5.1%} {message}", flush=True)
 
         artifact = build_artifact(
-            loaded, [t for _, t in train], name=default_name(model), target_fpr=args.target_fpr, progress=progress
+            loaded, [t for _, t in train], name=default_name(model), target_fpr=args.target_fpr, combine=args.combine,
+            progress=progress,
         )
         detector = Detector.from_artifact(artifact)
         plan = detector.plan()
-        scores = np.array([detector.combined(features_of(loaded, plan, encode(loaded, t), t)) for _, t in test])
+        feats = [features_of(loaded, plan, encode(loaded, t), t) for _, t in test]
+        scores = np.array([detector.combined(f) for f in feats])
         artifact.metrics["test_fpr"] = float(np.mean(scores > detector.threshold))
+        other = "fisher" if detector.rule == "bonferroni_max" else "bonferroni_max"
+        alt = np.array([detector.combined(f, other) for f in feats])
+        artifact.metrics["test_fpr_by_rule"] = {
+            detector.rule: artifact.metrics["test_fpr"],
+            other: float(np.mean(alt > detector.config["thresholds"][other])),
+        }
         artifact.metrics["n_test"] = len(test)
         artifact.metrics["fit_seconds"] = round(time.time() - started, 1)
         artifact.provenance["corpus"] = "lmlens_anomaly.corpus (generated.txt, written.txt, pydoc_data prose)"

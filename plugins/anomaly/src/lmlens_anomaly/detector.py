@@ -20,14 +20,22 @@ signal               value                                                    gr
 ``repetition``       share of token trigrams seen earlier in the text         text
 ==================== ======================================================== ===========
 
-Combination (documented rule): with ``k`` active signals and tail probabilities
-``p_s``, the score is the Bonferroni-adjusted minimum,
-``score = -log10(min(1, k * min_s p_s))``. The decision threshold on that score is set
-on the held-out split of the normal texts so that a ``target_fpr`` share of them is
-flagged: a generalised Pareto tail is fitted to the held-out scores and solved for
-``target_fpr`` (so the threshold is not one noisy order statistic). A signal *fired*
-when its own adjusted score ``-log10(k * p_s)`` is above the threshold; the input is
-anomalous when at least one fired.
+Combination (documented rules, ``config["combine"]``), with ``k`` active signals and
+tail probabilities ``p_s``:
+
+- ``bonferroni_max``: ``score = -log10(min(1, k * min_s p_s))``, the Bonferroni-adjusted
+  minimum: one signal far out is enough;
+- ``fisher``: ``score = -log10 P(chi2_2k >= -2 sum_s ln p_s)``: moderate evidence on many
+  signals adds up (shuffled word order moves several layers a little).
+
+Either way the decision threshold is set on the held-out split of the normal texts so
+that a ``target_fpr`` share of them is flagged: a generalised Pareto tail is fitted to
+the held-out scores and solved for ``target_fpr`` (so the threshold is not one noisy
+order statistic; the signals are not independent, so the chi-square or Bonferroni
+levels are not used as such). Both rules' thresholds are stored. A signal *fired* when
+its own adjusted score ``-log10(k * p_s)`` is above the ``bonferroni_max`` threshold;
+under ``fisher`` an anomaly with no such signal names its largest contributors (those
+that make up half of ``-sum ln p_s``).
 
 Layers: the candidate layers' Gaussians are fitted on the fitting split; the chosen
 layers are those that best separate the held-out normal texts from the same texts
@@ -48,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlens.errors import InvalidParamsError
 from lmlens_anomaly.features import CHAR_FEATURES, Features, Plan
 from lmlens_anomaly.tails import LN10, Tail, fit_tail
 
@@ -246,45 +255,78 @@ class Detector:
         score[~f.content] = 0.0
         return score
 
+    @property
+    def rule(self) -> str:
+        return str(self.config.get("combine", "bonferroni_max"))
+
     def detect(self, f: Features, *, check_attention: bool = True, check_activations: bool = True) -> Verdict:
         names = self.active_signals(check_attention=check_attention, check_activations=check_activations)
         values, details = self.values(f, names)
         k = max(len(values), 1)
         ranges = self.config["normal_ranges"]
+        log_ps = {name: float(self.tail(name).log_sf(value)) for name, value in values.items()}
+        score = combine(list(log_ps.values()), self.rule)
+        is_anomaly = score > self.threshold
+        single_threshold = float(self.config.get("thresholds", {}).get("bonferroni_max", self.threshold))
+        fired = {n for n, lp in log_ps.items() if -(lp / LN10) - math.log10(k) > single_threshold}
+        if is_anomaly and not fired:  # Fisher: name the largest contributors, half the statistic
+            total, running = -sum(log_ps.values()), 0.0
+            for n in sorted(log_ps, key=lambda n: log_ps[n]):
+                fired.add(n)
+                running -= log_ps[n]
+                if running >= total / 2:
+                    break
         signals = []
         for name, value in values.items():
-            log_p = float(self.tail(name).log_sf(value))
-            adjusted = max(0.0, -(log_p / LN10) - math.log10(k))
             lo, hi = ranges[name]
             signals.append(
                 SignalScore(
                     name=name,
                     group=self.config["signals"][name],
                     value=value,
-                    p_value=math.exp(log_p),
-                    score=adjusted,
+                    p_value=math.exp(log_ps[name]),
+                    score=max(0.0, -(log_ps[name] / LN10) - math.log10(k)),
                     normal_low=float(lo),
                     normal_high=float(hi),
-                    fired=adjusted > self.threshold,
+                    fired=name in fired,
                     details=details.get(name, {}),
                 )
             )
-        score = max((s.score for s in signals), default=0.0)
         tokens = self.token_scores(f) if check_activations or f.surprisal is not None else np.zeros(f.content.shape[0])
         return Verdict(
-            is_anomaly=score > self.threshold,
+            is_anomaly=is_anomaly,
             score=score,
             threshold=self.threshold,
             signals=signals,
             token_scores=tokens,
         )
 
-    def combined(self, f: Features) -> float:
-        names = self.active_signals()
-        values, _ = self.values(f, names)
-        k = max(len(values), 1)
-        best = max((float(self.tail(n).score(v)) for n, v in values.items()), default=0.0)
-        return max(0.0, best - math.log10(k))
+    def combined(self, f: Features, rule: str | None = None) -> float:
+        values, _ = self.values(f, self.active_signals())
+        return combine([float(self.tail(n).log_sf(v)) for n, v in values.items()], rule or self.rule)
+
+
+RULES = ("bonferroni_max", "fisher")
+
+
+def combine(log_ps: Sequence[float], rule: str) -> float:
+    """Combine the signals' natural-log tail probabilities into one score (``-log10``).
+
+    ``bonferroni_max``: ``-log10(min(1, k * min p))``. ``fisher``: ``-log10`` of the
+    chi-square(2k) tail of ``-2 * sum(ln p)`` (Fisher's method; the signals are not
+    independent, which is why the threshold is set on held-out normal text rather than
+    read off the chi-square).
+    """
+    k = max(len(log_ps), 1)
+    if not log_ps:
+        return 0.0
+    if rule == "bonferroni_max":
+        return max(0.0, -min(log_ps) / LN10 - math.log10(k))
+    if rule == "fisher":
+        from scipy.stats import chi2
+
+        return max(0.0, float(-chi2.logsf(-2.0 * float(sum(log_ps)), 2 * k) / LN10))
+    raise ValueError(f"unknown combination rule {rule!r}; use one of {RULES}")
 
 
 # --- fitting ---------------------------------------------------------------------------
@@ -341,13 +383,14 @@ def fit_detector(
     target_fpr: float,
     n_hidden: int = 3,
     seed: int = 0,
+    rule: str = "bonferroni_max",
     progress: Progress | None = None,
 ) -> tuple[Detector, dict[str, Any]]:
     """Fit every part; returns the detector and its metrics."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread: see Gaussian.distance
-        return _fit_detector(data, target_fpr=target_fpr, n_hidden=n_hidden, seed=seed, progress=progress)
+        return _fit_detector(data, target_fpr=target_fpr, n_hidden=n_hidden, seed=seed, rule=rule, progress=progress)
 
 
 def _fit_detector(
@@ -356,8 +399,11 @@ def _fit_detector(
     target_fpr: float,
     n_hidden: int,
     seed: int,
+    rule: str,
     progress: Progress | None,
 ) -> tuple[Detector, dict[str, Any]]:
+    if rule not in RULES:
+        raise InvalidParamsError(f"combine must be one of {', '.join(RULES)}", field="combine")
     notify = progress or (lambda fraction, message: None)
     rng = np.random.default_rng(seed)
     fit, held = data.fit, data.held
@@ -459,7 +505,7 @@ def _fit_detector(
             name: [float(np.quantile(v, 0.005)), float(np.quantile(v, 0.995))] for name, v in normal_values.items()
         },
         "tails": {name: t.config() for name, t in tails.items()},
-        "rule": "score = -log10(min(1, k * min_s p_s)); anomaly when score > threshold",
+        "combine": rule,
         **config_extra,
     }
     for name, t in tails.items():
@@ -470,14 +516,20 @@ def _fit_detector(
             tensors[key] = tensors[key].astype(np.float32).astype(np.float64)
     detector = Detector(config=config, tensors=tensors)
 
-    held_scores = np.array([detector.combined(f) for f in held])
-    threshold = threshold_for(held_scores, target_fpr)
-    detector.config["threshold"] = threshold
+    thresholds, held_fpr = {}, {}
+    for name in RULES:
+        held_scores = np.array([detector.combined(f, name) for f in held])
+        thresholds[name] = threshold_for(held_scores, target_fpr)
+        held_fpr[name] = float(np.mean(held_scores > thresholds[name]))
+    detector.config["thresholds"] = thresholds
+    detector.config["threshold"] = threshold = thresholds[rule]
     notify(0.9, f"threshold {threshold:.3f}")
     metrics = {
         "n_fit": len(fit),
         "n_held": len(held),
-        "held_fpr": float(np.mean(held_scores > threshold)),
+        "rule": rule,
+        "held_fpr": held_fpr[rule],
+        "held_fpr_by_rule": held_fpr,
         "threshold": threshold,
         "layer_separation": config["layer_separation"],
         "hidden_layers": layers,

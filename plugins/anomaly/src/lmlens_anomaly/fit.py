@@ -40,6 +40,7 @@ def build_artifact(
     name: str,
     target_fpr: float = 0.01,
     seed: int = 0,
+    combine: str = "bonferroni_max",
     progress: Progress | None = None,
 ) -> Any:
     """Validate, run the passes, fit; return an (unsaved) ``Artifact``."""
@@ -50,7 +51,7 @@ def build_artifact(
     notify = progress or (lambda fraction, message: None)
     data = collect(loaded, valid, seed=seed, progress=lambda f, m: notify(0.85 * f, m))
     detector, metrics = fit_detector(
-        data, target_fpr=target_fpr, seed=seed, progress=lambda f, m: notify(0.85 + 0.15 * f, m)
+        data, target_fpr=target_fpr, seed=seed, rule=combine, progress=lambda f, m: notify(0.85 + 0.15 * f, m)
     )
     digest = hashlib.sha256("\x00".join(valid).encode("utf-8")).hexdigest()
     return Artifact(
