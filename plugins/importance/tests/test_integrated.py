@@ -13,7 +13,7 @@ from lmlens_importance.integrated import endpoint_values, integrated_gradients
 from lmlens_importance.params import ImportanceParams
 from lmlens_importance.paths import path_points
 from lmlens_importance.quadrature import path_nodes
-from lmlens_importance.targets import build_objective, frozen_parameters, special_positions
+from lmlens_importance.targets import build_objective, special_positions
 
 TEXT = "The cat sat on the mat"
 
@@ -45,18 +45,17 @@ def test_chunked_ig_equals_a_plain_reference_loop(float64_models, make_trace):
     """One alpha at a time straight through the HF model: no chunking, no run_forward."""
     loaded = float64_models["gpt2"]
     model = loaded.model
-    with frozen_parameters(model):
-        objective, base, _ = _setup(loaded, make_trace)
-        token = objective.token_ids[0]
-        ours = _run(objective, base, steps=16, batch=5)  # chunks of 5, 5, 5, 1
-        x = objective.embeds
-        nodes, weights = np.polynomial.legendre.leggauss(16)
-        expected = torch.zeros(x.shape[1], dtype=torch.float64)
-        for node, weight in zip(nodes, weights, strict=True):
-            point = (base + 0.5 * (node + 1) * (x - base)).requires_grad_(True)
-            value = model(inputs_embeds=point).logits[0, -1].log_softmax(-1)[token]
-            (grad,) = torch.autograd.grad(value, point)
-            expected += 0.5 * weight * (grad[0] * (x - base)[0]).sum(-1)
+    objective, base, _ = _setup(loaded, make_trace)
+    token = objective.token_ids[0]
+    ours = _run(objective, base, steps=16, batch=5)  # chunks of 5, 5, 5, 1
+    x = objective.embeds
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    expected = torch.zeros(x.shape[1], dtype=torch.float64)
+    for node, weight in zip(nodes, weights, strict=True):
+        point = (base + 0.5 * (node + 1) * (x - base)).requires_grad_(True)
+        value = model(inputs_embeds=point).logits[0, -1].log_softmax(-1)[token]
+        (grad,) = torch.autograd.grad(value, point)
+        expected += 0.5 * weight * (grad[0] * (x - base)[0]).sum(-1)
     assert ours.passes == 4
     assert torch.allclose(ours.scores, expected, rtol=1e-9, atol=1e-12)
 
@@ -74,8 +73,7 @@ def test_completeness_holds_on_the_spherical_path(float64_models, make_trace):
     """A path integral adds up to f(x) - f(b) on any path: checks the velocity formula."""
     # the tiny models' pad embedding is zero (padding_idx), so the baseline is [MASK]
     objective, base, _ = _setup(float64_models["llama"], make_trace, baseline="mask")
-    with frozen_parameters(objective.loaded.model):
-        run = _run(objective, base, steps=128, path="spherical")
+    run = _run(objective, base, steps=128, path="spherical")
     assert run.relative_delta is not None and run.relative_delta < 0.01
 
 
