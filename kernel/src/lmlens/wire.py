@@ -141,13 +141,6 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     field: str | None = None
 
 
-class AnalyzeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    text: str
-    model: str | None = None
-    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
-    params: dict[str, dict[str, Any]] = {}
-
-
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     dist: str | None
@@ -157,12 +150,16 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-class ModelInfoRow(msgspec.Struct, frozen=True, kw_only=True):
-    alias: str
+class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A model a user may name: ``lmlens models`` and the service's ``GET /models``."""
+
+    name: str
     description: str
-    source: str
     installed: bool
+    source: str = ""
     install_hint: str | None = None
+    loaded: bool = False  # in memory in this process (the service)
+    default: bool = False  # used when a request names no model
 
 
 # --- array encoding -------------------------------------------------------------------

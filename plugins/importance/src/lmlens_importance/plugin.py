@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +30,11 @@ from lmlens_importance.targets import (
     Objective,
     build_objective,
     check_finite,
-    frozen_parameters,
     special_positions,
 )
 from lmlens_importance.words import merge_words
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("lmlens-importance")  # one source of truth: the package metadata
 
 
 def _needs(info: ModelInfo, params: ImportanceParams) -> Sequence[Need]:
@@ -91,8 +91,7 @@ def _uses_rms_norm(model: torch.nn.Module) -> bool:
 
 def run_importance(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     check_params(params)
-    loaded = trace.model
-    with torch.inference_mode(False), frozen_parameters(loaded.model):
+    with torch.inference_mode(False):
         return _run(trace, params)
 
 
