@@ -62,9 +62,7 @@ def add_commands(cli: click.Group) -> None:
     )
     @click.option("--continuation", default=None)
     @click.option("--other-text", default=None, help="similarity target: the second text")
-    @click.option(
-        "--baseline", default="auto", show_default=True, type=click.Choice(["auto", "zero", "pad", "mask", "text"])
-    )
+    @click.option("--baseline", default="zero", show_default=True, type=click.Choice(["zero", "pad", "mask", "text"]))
     @click.option("--steps", default=32, show_default=True, type=int)
     @click.option("--adaptive", is_flag=True, help="double the steps until the delta is in tolerance")
     @click.option("--param", "-p", "extra", multiple=True, help="NAME=JSON, any other parameter")
