@@ -1,13 +1,13 @@
-"""The product description's Python examples (../shared/SEED.md), run as its readers type them.
+"""The product description's Python examples (../shared/SEED.md), as its readers type them.
 
 Each block below is the seed's text with two adaptations only: the import
 (``from src.core import InterpretabilityAnalyzer`` -> ``from lmlens import Analyzer as
 InterpretabilityAnalyzer``) and the model name (``"gpt2"`` -> the tiny random GPT-2, so the
 test needs no download), plus one for time: the long text has 1000 words instead of 10000
 (the tiny model's tokenizer is byte-level, so 10000 words are 50000 tokens, 195 windows:
-minutes on a busy CI machine; 1000 words still need 19 windows). Methods and verbs that no installed plugin provides yet (``sae``,
-failure prediction, anomaly detection: plugins built in parallel) are skipped with the reason;
-the rest of their block still runs.
+minutes on a busy CI machine; 1000 words still need 19 windows). Methods and verbs that no
+installed plugin provides yet (``sae``, failure prediction, anomaly detection: plugins built
+in parallel) are skipped with the reason; the rest of their block still runs.
 """
 
 from __future__ import annotations
