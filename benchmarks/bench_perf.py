@@ -115,7 +115,6 @@ def row_ig(repeats: int, lengths: list[int]) -> None:
         with torch.inference_mode():
             token = int(model(ids).logits[0, -1].argmax())
         trace = Trace(model=loaded, text=text, tokens=tokens, input_ids=ids, activations={})
-        params = ImportanceParams(baseline="zero", steps=32, faithfulness=False)
         found: dict[str, torch.Tensor] = {}
 
         def captum(found: dict[str, torch.Tensor] = found, ids: torch.Tensor = ids, token: int = token) -> None:
@@ -131,7 +130,7 @@ def row_ig(repeats: int, lengths: list[int]) -> None:
             found["captum"] = attr.sum(-1)[0].detach().double()
 
         def ours(found: dict[str, torch.Tensor] = found, trace: Trace = trace) -> None:
-            result = run_importance(trace, params)
+            result = run_importance(trace, ImportanceParams(baseline="zero", steps=32, faithfulness=False))
             found["lmlens"] = torch.as_tensor(result.scores).double()
 
         print(f"integrated gradients, smollm2-135m, {n} tokens, 32 steps, torch threads "

@@ -218,6 +218,6 @@ def test_endpoints_computed_on_the_way_equal_a_separate_endpoint_pass(float64_mo
 def test_next_token_target_knows_its_value_at_the_text(float64_models, make_trace):
     """Choosing the top next token already ran the text: the objective keeps f(input) from it."""
     loaded = float64_models["gpt2"]
-    objective, base, _ = _setup(loaded, make_trace)
+    objective, _, _ = _setup(loaded, make_trace)
     assert objective.f_input is not None
     assert objective.f_input == pytest.approx(float(objective.values(objective.embeds, batch_size=1)[0]), rel=1e-10)
