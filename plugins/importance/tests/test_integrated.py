@@ -189,3 +189,36 @@ def test_nan_in_the_model_is_a_typed_error(tiny_analyzer):
             assert "NaN" in info.value.message
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("batch", [64, 5, 4])  # 64 and 5: the last chunk has room; 4: it has none
+def test_endpoints_computed_on_the_way_equal_a_separate_endpoint_pass(float64_models, make_trace, batch):
+    """f(input) and f(baseline) left to integrated_gradients (extra rows of the last gradient
+    chunk when they fit, else a pass of their own) equal the separate two-row pass, and the
+    scores are the same as with the endpoints given."""
+    loaded = float64_models["gpt2"]
+    objective, base, _ = _setup(loaded, make_trace)
+    given = _run(objective, base, steps=16, batch=batch)
+    f_x, f_b = endpoint_values(objective, base)
+    found = integrated_gradients(
+        objective, base, steps=16, rule="gauss_legendre", spacing="linear", batch_size=batch
+    )
+    known_input = integrated_gradients(
+        objective, base, steps=16, rule="gauss_legendre", spacing="linear", batch_size=batch, f_input=f_x
+    )
+    chunks = -(-16 // batch)
+    assert given.passes == chunks
+    assert found.passes == chunks + (1 if batch == 4 else 0)  # 16 = 4 x 4 leaves no room for two rows
+    for run in (found, known_input):
+        assert run.f_input == pytest.approx(f_x, rel=1e-10, abs=1e-12)
+        assert run.f_baseline == pytest.approx(f_b, rel=1e-10, abs=1e-12)
+        torch.testing.assert_close(run.scores, given.scores, rtol=1e-9, atol=1e-12)
+        assert run.delta == pytest.approx(given.delta, rel=1e-8, abs=1e-10)
+
+
+def test_next_token_target_knows_its_value_at_the_text(float64_models, make_trace):
+    """Choosing the top next token already ran the text: the objective keeps f(input) from it."""
+    loaded = float64_models["gpt2"]
+    objective, _, _ = _setup(loaded, make_trace)
+    assert objective.f_input is not None
+    assert objective.f_input == pytest.approx(float(objective.values(objective.embeds, batch_size=1)[0]), rel=1e-10)

@@ -14,7 +14,7 @@ from lmlens_importance.baselines import reference_embeds
 from lmlens_importance.budget import rows_per_pass
 from lmlens_importance.faithfulness import faithfulness
 from lmlens_importance.gradients import gradient_x_input, saliency
-from lmlens_importance.integrated import IntegratedRun, endpoint_values, integrated_gradients
+from lmlens_importance.integrated import IntegratedRun, integrated_gradients
 from lmlens_importance.occlusion import occlusion
 from lmlens_importance.params import FIELD, ImportanceParams, check_params
 from lmlens_importance.paths import check_path
@@ -47,13 +47,15 @@ def _integrated(
     baseline: torch.Tensor,
     params: ImportanceParams,
     batch: int,
-    f_input: float,
-    f_baseline: float,
+    f_input: float | None,
 ) -> tuple[IntegratedRun, list[ConvergenceStep], bool, int]:
-    """Run IG once, or (adaptive) doubling the steps until the delta is within tolerance."""
+    """Run IG once, or (adaptive) doubling the steps until the delta is within tolerance.
+
+    The endpoint values come from the first run and are reused by the later ones."""
     history: list[ConvergenceStep] = []
     passes = 0
     steps = params.steps
+    f_baseline: float | None = None
     while True:
         run = integrated_gradients(
             objective,
@@ -67,6 +69,7 @@ def _integrated(
             f_baseline=f_baseline,
         )
         passes += run.passes
+        f_input, f_baseline = run.f_input, run.f_baseline
         history.append(ConvergenceStep(steps=steps, delta=run.delta, relative_delta=run.relative_delta))
         ok = _within(run, params.tolerance)
         if ok or not params.adaptive or steps * 2 > params.max_steps:
@@ -151,8 +154,10 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
             loaded, objective.embeds, special, params.replacement, field=f"{FIELD}.replacement"
         )
     if method != "integrated_gradients":  # IG gets f(input) with f(baseline) below
-        f_input = float(objective.values(objective.embeds, batch_size=1)[0])
-        passes += 1
+        f_input = objective.f_input
+        if f_input is None:  # not known from choosing the target token
+            f_input = float(objective.values(objective.embeds, batch_size=1)[0])
+            passes += 1
 
     if method == "integrated_gradients":
         baseline, baseline_label = reference_embeds(
@@ -166,10 +171,9 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
                 "convergence delta; a pad, mask or text baseline converges far better, and "
                 'method="occlusion" needs no convergence at all'
             )
-        f_input, f_baseline = endpoint_values(objective, baseline)
-        passes += 1
-        run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch, f_input, f_baseline)
+        run, history, ok, ig_passes = _integrated(objective, baseline, params, grad_batch, objective.f_input)
         passes += ig_passes
+        f_input, f_baseline = run.f_input, run.f_baseline
         scores = run.scores
         convergence = Convergence(
             steps=run.steps,
