@@ -50,6 +50,19 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
+def _nan_may_be_null(node: Any) -> Any:
+    """JSON has no NaN or infinity: msgspec writes them as null. A float in a response can
+    be NaN (a loss over no positions), so the document says number or null."""
+    if isinstance(node, dict):
+        out = {k: _nan_may_be_null(v) for k, v in node.items()}
+        if out.get("type") == "number":
+            out["type"] = ["number", "null"]
+        return out
+    if isinstance(node, list):
+        return [_nan_may_be_null(v) for v in node]
+    return node
+
+
 def _content(ref: dict[str, Any]) -> dict[str, Any]:
     return {media: {"schema": ref} for media in _JSON_AND_MSGPACK}
 
@@ -67,6 +80,9 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
     schemas, components = wire.json_schema(*named)
     refs = dict(zip(map(id, named), map(_rewrite_refs, schemas), strict=True))
     components = _rewrite_refs(components)
+    for name in [n for n in components if n not in ("AnalyzeRequest", "BatchRequest", "MethodParams")]:
+        if not name.endswith("Params"):
+            components[name] = _nan_may_be_null(components[name])
     # Rules the server checks after decoding (kernel checks, the allowlist, limits),
     # written into the document so that clients and fuzzers know them up front.
     text_rule = {"type": "string", "minLength": 1, "maxLength": service.settings.max_text_chars,
@@ -208,7 +224,9 @@ def job_request_schema(service: Any, components: dict[str, Any], text_rule: dict
             for name, value in _rewrite_refs(extra).items():
                 components.setdefault(name, value)
             params = _rewrite_refs(schema)
-        variants.append({"type": "object", "required": ["kind"], "additionalProperties": False,
+        target = components.get(params.get("$ref", "").rsplit("/", 1)[-1], params)
+        required = ["kind", "params"] if target.get("required") else ["kind"]
+        variants.append({"type": "object", "required": required, "additionalProperties": False,
                          "properties": {"kind": {"const": kind}, "params": params}})
     return {"oneOf": variants} if variants else {"type": "object"}
 

@@ -151,6 +151,9 @@ class Service:
                     "split the batch into several jobs",
                     field="params.texts",
                 )
+        if kind == "analyze_batch" and isinstance(params.get("params"), dict):
+            # as on /analyze, a method's params given as null are not given
+            params = {**params, "params": {k: v for k, v in params["params"].items() if v is not None}}
         try:
             typed = wire.convert(params, job.params)
         except msgspec.ValidationError as exc:
