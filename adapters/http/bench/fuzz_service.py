@@ -99,7 +99,7 @@ def main() -> None:
     try:
         app = create_app(tiny_config(max_batch_size=4, max_job_texts=20, redis_url=redis.url),
                          host=PluginHost(load=["attention", "http", "worker"]))
-        with running(app) as server:
+        with running(app, timeout=600) as server:
             print("hand-written corpus (status: count; WS: error code or complete: count)")
             total_5xx = 0
             for route, counter in corpus(server.url, server.port).items():

@@ -28,7 +28,6 @@ from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
 from lmlens_http import codec
 from lmlens_http.caching import EncodedResponses, build_cache
-from lmlens_http.cancellation import install_block_checks
 from lmlens_http.config import ServiceConfig, kernel_settings
 from lmlens_http.errors import (
     BatchTooLargeError,
@@ -188,14 +187,19 @@ class Service:
 
     async def check_plan(self, prep: Prepared, *, field_prefix: str = "", texts: Sequence[str] = ()) -> None:
         """The checks that need the model, in the pool, before work is queued elsewhere:
-        each method's ``needs`` on the loaded model (layer and head ranges, ...), and the
-        token count of every text in ``texts`` (errors name ``texts[i]``)."""
+        the kernel's ``Analyzer.prepare`` (every method's plan on the loaded model: layer and
+        head ranges, artifacts, the memory estimate) and the token count of every text in
+        ``texts`` (errors name ``texts[i]``)."""
 
         def plan(notify: Notify) -> None:
             loaded = self.load(prep.model)
-            for method in prep.methods:
-                method.needs(loaded.info, prep.params[method.name])
-            for i, text in enumerate(texts):
+            try:  # the kernel's own plan step: every method's plan, artifacts, tokens, memory
+                self.analyzer.prepare(prep.text, [m.name for m in prep.methods], prep.params, model=prep.model)
+            except LmlensError as exc:
+                if texts and exc.field == "text":
+                    exc.field = "texts[0]"
+                raise
+            for i, text in enumerate(texts[1:], 1):
                 try:
                     self.analyzer.tokenize(loaded, text)
                 except LmlensError as exc:
@@ -239,7 +243,6 @@ class Service:
 
     def load(self, spec: str) -> LoadedModel:
         loaded = self.analyzer.load_model(spec)
-        install_block_checks(loaded)
         self._loaded[spec] = loaded
         return loaded
 
