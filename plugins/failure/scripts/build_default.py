@@ -1,6 +1,6 @@
 """Build the default failure predictor shipped for smollm2-135m.
 
-    python plugins/failure/scripts/build_default.py generate --n 960 --data DATA
+    OMP_NUM_THREADS=1 python plugins/failure/scripts/build_default.py generate --n 720 --data DATA
     python plugins/failure/scripts/build_default.py train --data DATA
 
 ``generate`` asks smollm2-135m the built-in tasks (greedy, at most 8 new tokens),
@@ -28,35 +28,38 @@ DEFAULT_DIR = HERE.parent / "src" / "lmlens_failure" / "default" / "default"
 
 
 def generate(args: argparse.Namespace) -> None:
-    from lmlens_failure.data import FailureData, generate_data
-
     from lmlens import Analyzer
+    from lmlens_failure.data import FailureData
+    from lmlens_failure.features import Signals
+    from lmlens_failure.labels import run_examples
+    from lmlens_failure.tasks import make_examples
 
     analyzer = Analyzer(args.model)
     loaded = analyzer.model
     data_path = Path(args.data)
+    parts_dir = data_path.parent / f"{data_path.name}-parts"
+    examples = make_examples(args.n, seed=args.seed)  # one list: no duplicate prompt across chunks
     parts: list[FailureData] = []
-    chunk = args.chunk
-    for start in range(0, args.n, chunk):
-        part_path = data_path.with_name(f"{data_path.name}.part{start // chunk:03d}")
+    for start in range(0, args.n, args.chunk):
+        part_path = parts_dir / f"part{start // args.chunk:03d}-{args.chunk}-{args.seed}"
         if part_path.with_suffix(".json").exists():
             parts.append(FailureData.load(part_path))
             continue
         t0 = time.perf_counter()
-        part = generate_data(
+        records, signals = run_examples(
             loaded,
-            min(chunk, args.n - start),
-            seed=args.seed + start,
+            examples[start : start + args.chunk],
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
         )
+        part = FailureData(records, signals, loaded.name)
         part.save(part_path)
         parts.append(part)
-        rate = part.labels.mean()
-        print(f"[{start + len(part)}/{args.n}] {time.perf_counter() - t0:.1f}s, failure rate {rate:.2f}", flush=True)
+        print(
+            f"[{start + len(part)}/{args.n}] {time.perf_counter() - t0:.1f}s, failure rate {part.labels.mean():.2f}",
+            flush=True,
+        )
     records = [r for p in parts for r in p.records]
-    from lmlens_failure.features import Signals
-
     data = FailureData(records, Signals.concat([p.signals for p in parts]), loaded.name)
     data.save(data_path)
     print(json.dumps(data.summary(), indent=1))
@@ -107,8 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["generate", "train", "all"])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--n", type=int, default=960)
-    parser.add_argument("--chunk", type=int, default=96)
+    parser.add_argument("--n", type=int, default=720)
+    parser.add_argument("--chunk", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)

@@ -121,6 +121,11 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def greedy_continuations(
     loaded: LoadedModel,
     id_lists: Sequence[Sequence[int]],
@@ -145,6 +150,7 @@ def greedy_continuations(
         mask[i, width - len(row) :] = 1
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"  # transformers 5 renamed it
     gen: list[list[int]] = [[] for _ in id_lists]
     done = [False] * len(id_lists)
     device = loaded.device
@@ -174,8 +180,8 @@ def greedy_continuations(
                 input_ids=nxt[:, None].to(device),
                 attention_mask=mask.to(device),
                 position_ids=position.to(device),
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{cache_arg: _cache_of(out)},
                 **extra,
             )
     return gen

@@ -194,7 +194,7 @@ def _sequence_task(kind: str) -> Callable[[random.Random], Example]:
 
     def generate(rng: random.Random) -> Example:
         shots = [_items(rng, 3, 4) for _ in range(2)]
-        query = _items(rng, 2, 6)
+        query = _items(rng, 2, 5) if kind == "copy" else _items(rng, 2, 4)
         lines = [f"{label}: {' '.join(s)} -> {' '.join(op(s))}" for s in shots]
         return Example(prompt=_few_shot(lines, f"{label}: {' '.join(query)} ->"), answer=" ".join(op(query)))
 
