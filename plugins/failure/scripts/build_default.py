@@ -28,11 +28,12 @@ DEFAULT_DIR = HERE.parent / "src" / "lmlens_failure" / "default" / "default"
 
 
 def generate(args: argparse.Namespace) -> None:
-    from lmlens import Analyzer
     from lmlens_failure.data import FailureData
     from lmlens_failure.features import Signals
     from lmlens_failure.labels import run_examples
     from lmlens_failure.tasks import make_examples
+
+    from lmlens import Analyzer
 
     analyzer = Analyzer(args.model)
     loaded = analyzer.model

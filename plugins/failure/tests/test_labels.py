@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from lmlens_failure.labels import default_check, greedy_continuations, is_degenerate, run_examples, tokenize
 from lmlens_failure.tasks import Example, make_examples, register_task, unregister_task
 
