@@ -159,7 +159,7 @@ def hidden_at(sig: Signals, layer: int) -> np.ndarray:
     return sig.hidden[:, layer, :].astype(np.float64)
 
 
-def candidate_layers(n_layers: int, count: int = 8) -> list[int]:
+def candidate_layers(n_layers: int, count: int = 6) -> list[int]:
     if n_layers <= count:
         return list(range(n_layers))
     return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)})
