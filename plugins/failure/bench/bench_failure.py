@@ -20,6 +20,10 @@ import time
 import torch
 
 
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def tables(analyzer, fresh: int) -> None:  # type: ignore[no-untyped-def]
     from lmlens_failure.api import KIND
     from lmlens_failure.evaluate import format_table
@@ -33,7 +37,7 @@ def tables(analyzer, fresh: int) -> None:  # type: ignore[no-untyped-def]
     print()
     print("Leave-one-family-out, AUROC per held-out family:")
     for fam, rows in m["leave_one_family_out"]["per_family"].items():
-        cells = ", ".join(f"{k} {v['auroc'] if v['auroc'] is not None else float('nan'):.3f}" for k, v in rows.items())
+        cells = ", ".join(f"{k} {_num(v['auroc']):.3f}" for k, v in rows.items())
         print(f"  {fam} (n={rows['predictor']['n']}, failure rate {rows['predictor']['failure_rate']:.2f}): {cells}")
     print()
     print("Ablation (out-of-fold AUROC / Brier; leave-one-family-out pooled AUROC):")
@@ -49,8 +53,8 @@ def tables(analyzer, fresh: int) -> None:  # type: ignore[no-untyped-def]
 
 def cost(analyzer, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     loaded = analyzer.model
-    words = "The quick brown fox jumps over the lazy dog while the small cat sleeps on the warm mat".split()
-    text = " ".join(words * 8)
+    sentence = "The quick brown fox jumps over the lazy dog while the small cat sleeps on the warm mat. "
+    text = sentence * 8
     ids = loaded.tokenizer(text)["input_ids"][:64]
     text = loaded.tokenizer.decode(ids)
     n = len(analyzer.tokenize(loaded, text)[1])

@@ -19,8 +19,8 @@ TEXTS_FAIL = [f"{i * 7919 % 1000} + {i * 104729 % 100} = {i % 13}" for i in rang
 TEXTS_OK = [
     f"the {w} sat on the {v}"
     for w, v in zip(
-        "cat dog owl fox bee ant elk emu yak gnu cow pig".split() * 2,
-        "mat rug bed box log hat cup map pen jar bag net".split() * 2,
+        ["cat", "dog", "owl", "fox", "bee", "ant", "elk", "emu", "yak", "gnu", "cow", "pig"] * 2,
+        ["mat", "rug", "bed", "box", "log", "hat", "cup", "map", "pen", "jar", "bag", "net"] * 2,
         strict=True,
     )
 ]
@@ -126,9 +126,9 @@ def test_a_predictor_for_another_model_is_refused(trained, tiny_models, plugin_h
         ([(t, 1) for t in TEXTS_FAIL], "training_data_one_class"),
         (PAIRS[:5] + PAIRS[-5:], "training_data_too_few"),
         ([(t, 1) for t in TEXTS_FAIL[:20]] + [(t, 0) for t in TEXTS_OK[:3]], "training_data_too_few"),
-        (PAIRS[:-1] + [("x" * 5000, 0)], "text_too_long"),
-        (PAIRS[:-1] + [("fine", 2)], "invalid_training_data"),
-        (PAIRS[:-1] + [("", 0)], "invalid_training_data"),
+        ([*PAIRS[:-1], ("x" * 5000, 0)], "text_too_long"),
+        ([*PAIRS[:-1], ("fine", 2)], "invalid_training_data"),
+        ([*PAIRS[:-1], ("", 0)], "invalid_training_data"),
         ("not a list", "invalid_training_data"),
     ],
 )
