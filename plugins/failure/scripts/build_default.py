@@ -73,13 +73,17 @@ def train(args: argparse.Namespace) -> None:
 
     data = FailureData.load(args.data)
     y = data.labels
+    out = Path(args.data)
     t0 = time.perf_counter()
-    report = cross_validate(
-        data.signals, y, data.families, seed=args.seed, progress=lambda f, m: print(f"  {f:.0%} {m}", flush=True)
-    )
+    if args.reuse_report and out.with_suffix(".report.json").exists():
+        report = json.loads(out.with_suffix(".report.json").read_text())
+    else:
+        report = cross_validate(
+            data.signals, y, data.families, seed=args.seed, progress=lambda f, m: print(f"  {f:.0%} {m}", flush=True)
+        )
     print(f"cross-validation {time.perf_counter() - t0:.1f}s", flush=True)
     predictor = fit_predictor(data.signals, y, seed=args.seed)
-    out = Path(args.data)
+    predictor.info["max_tokens"] = int(data.signals.n_tokens.max())
     report["summary"] = data.summary()
     report["predictor"] = predictor.info
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=1))
@@ -120,6 +124,7 @@ def main() -> None:
         "--data", default=os.path.join(os.environ.get("LMLENS_CACHE_DIR", "."), "failure-data", "smollm2")
     )
     parser.add_argument("--no-save", dest="save", action="store_false")
+    parser.add_argument("--reuse-report", action="store_true", help="skip cross-validation if DATA.report.json exists")
     args = parser.parse_args()
     if args.step in ("generate", "all"):
         generate(args)
