@@ -166,3 +166,23 @@ def test_route_predicts_like_the_verb(trained, gpt2: Analyzer) -> None:
         assert bad.status_code == 422
         missing = client.post("/predict/failure", json={"text": text, "predictor": "nope"})
         assert missing.status_code == 404 and missing.json()["code"] == "artifact_not_found"
+
+
+def test_train_job_reports_progress_and_saves(gpt2: Analyzer) -> None:
+    from lmlens_failure.plugin import TrainParams, run_train_job
+
+    assert gpt2.plugins.jobs["failure.train"].params is TrainParams
+
+    class Context:
+        analyzer = gpt2
+        seen: list[float] = []
+
+        def progress(self, fraction: float, message: str) -> None:
+            self.seen.append(fraction)
+
+    context = Context()
+    params = TrainParams(training_data=[(t, y) for t, y in PAIRS], name="tiny-job", evaluate=False)
+    out = run_train_job(params, context)
+    assert out["name"] == "tiny-job" and out["n"] == 48
+    assert context.seen and context.seen[-1] == 1.0 and context.seen == sorted(context.seen)
+    assert "tiny-job" in {i.name for i in gpt2.artifacts("failure_predictor")}
