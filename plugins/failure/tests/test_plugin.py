@@ -175,7 +175,9 @@ def test_train_job_reports_progress_and_saves(gpt2: Analyzer) -> None:
 
     class Context:
         analyzer = gpt2
-        seen: list[float] = []
+
+        def __init__(self) -> None:
+            self.seen: list[float] = []
 
         def progress(self, fraction: float, message: str) -> None:
             self.seen.append(fraction)
