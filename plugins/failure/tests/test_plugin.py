@@ -64,7 +64,7 @@ def test_training_stores_an_artifact_with_its_evaluation(trained, gpt2: Analyzer
     assert art.provenance["data_size"] == 48
 
 
-def test_method_result_by_attribute_and_key_matches_the_predictor(trained, gpt2: Analyzer) -> None:
+def test_method_result_by_attribute_and_key_matches_the_predictor(trained, gpt2: Analyzer, tmp_path: Path) -> None:
     from lmlens_failure.api import predictor_from_artifact
     from lmlens_failure.labels import signals_for, tokenize
 
@@ -82,8 +82,8 @@ def test_method_result_by_attribute_and_key_matches_the_predictor(trained, gpt2:
     assert result.failure_probability == pytest.approx(float(predictor.predict_proba(sig)[0]), abs=1e-5)
     # via analyze, with the panel
     analysis = gpt2.analyze(text, ["failure"], {"failure": {"predictor": "tiny-test"}})
-    layout = gpt2.plugins.panels["failure"](analysis)
-    assert layout is not None
+    gpt2.visualize(analysis, "failure", save_path=str(tmp_path / "failure.html"))
+    assert "failure probability" in (tmp_path / "failure.html").read_text()
 
 
 def test_round_trip_in_another_process(trained, gpt2: Analyzer, store_dir: Path) -> None:
@@ -118,6 +118,9 @@ def test_a_predictor_for_another_model_is_refused(trained, tiny_models, plugin_h
     with pytest.raises(LmlensError) as err:
         llama.evaluate_failure_predictor(PAIRS, predictor="tiny-test")
     assert err.value.code == "artifact_model_mismatch"
+    with pytest.raises(LmlensError) as err:  # no predictor for this model: the shipped default is refused
+        llama.predict_failure_probability("hello")
+    assert err.value.code == "artifact_model_mismatch" and "train_failure_predictor" in err.value.message
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from lmlens.artifacts import Artifact, ArtifactInfo, check_name, data_provenance, model_fingerprint
+from lmlens.artifacts import (
+    Artifact,
+    ArtifactInfo,
+    ArtifactModelMismatchError,
+    check_name,
+    data_provenance,
+    model_fingerprint,
+)
 from lmlens.errors import InvalidParamsError
 from lmlens.models import LoadedModel
 from lmlens_failure.data import (
@@ -234,7 +241,17 @@ def predict_failure_probability(
     loaded = analyzer.load_model(model)
     name = resolve_name(analyzer, loaded, predictor)
     params = {"failure": {"predictor": name, "threshold": threshold, "top_k": top_k}}
-    return analyzer.analyze(text, ["failure"], params, model=model).methods["failure"]
+    try:
+        return analyzer.analyze(text, ["failure"], params, model=model).methods["failure"]
+    except ArtifactModelMismatchError as exc:
+        if predictor is not None:
+            raise
+        raise ArtifactModelMismatchError(
+            f"no failure predictor is fitted on {loaded.name} (the shipped one is for smollm2-135m): "
+            "train one with analyzer.train_failure_predictor(generate_synthetic=True) or your "
+            f"(text, label) pairs. ({exc.message})",
+            field="predictor",
+        ) from None
 
 
 def evaluate_failure_predictor(

@@ -2,7 +2,8 @@
 
 ``failure_panel(result, save_path=None)`` takes an ``AnalysisResult`` with a ``failure``
 result (or the ``FailureResult`` itself) and returns a Bokeh layout; ``.html`` writes a
-standalone page, ``.png`` a matplotlib picture (no browser needed).
+standalone page with BokehJS inlined (``resources="cdn"`` for a small page that loads it),
+``.png`` a matplotlib picture (no browser needed).
 """
 
 from __future__ import annotations
@@ -129,9 +130,12 @@ def failure_panel(result: Any, *, save_path: str | None = None, **options: Any) 
     suffix = path.suffix.lower()
     if suffix == ".html":
         from bokeh.embed import file_html
-        from bokeh.resources import CDN
+        from bokeh.resources import CDN, INLINE
 
-        path.write_text(file_html(layout, CDN, "failure"), encoding="utf-8")
+        resources = options.get("resources", "inline")  # inline: the page opens offline
+        if resources not in ("inline", "cdn"):
+            raise InvalidParamsError(f"resources must be inline or cdn, not {resources!r}", field="resources")
+        path.write_text(file_html(layout, INLINE if resources == "inline" else CDN, "failure"), encoding="utf-8")
     elif suffix == ".png":
         _png(res, str(path))
     else:
