@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,3 +192,41 @@ def test_train_job_reports_progress_and_saves(gpt2: Analyzer) -> None:
     assert out["name"] == "tiny-job" and out["n"] == 48
     assert context.seen and context.seen[-1] == 1.0 and context.seen == sorted(context.seen)
     assert "tiny-job" in {i.name for i in gpt2.artifacts("failure_predictor")}
+
+
+def test_cli_train_predict_evaluate(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin_host
+) -> None:
+    from click.testing import CliRunner
+
+    from lmlens.cli import cli
+
+    monkeypatch.setenv("LMLENS_CACHE_DIR", str(tmp_path))
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(PAIRS))
+    plugin_host.pm.hook.register_commands(cli=cli)
+    runner = CliRunner()
+
+    def invoke(args: list[str]) -> Any:
+        return runner.invoke(cli, args, obj={"host": plugin_host})
+
+    trained = invoke(
+        ["failure", "train", "--data", str(data), "--model", "tiny-llama", "--name", "cli-test", "--no-evaluate"]
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "saved failure_predictor 'cli-test'" in trained.output
+    predicted = invoke(["failure", "predict", TEXTS_OK[0], "--model", "tiny-llama", "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    body = json.loads(predicted.output)
+    assert body["predictor"] == "cli-test" and 0.0 <= body["failure_probability"] <= 1.0
+    evaluated = invoke(["failure", "evaluate", "--data", str(data), "--model", "tiny-llama", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    assert report["n"] == 48 and set(report["overall"]) == {
+        "predictor",
+        "majority",
+        "one_minus_max_prob",
+        "one_minus_max_prob_platt",
+    }
+    refused = invoke(["failure", "predict", "hello", "--model", "tiny-bert"])
+    assert refused.exit_code == 2 and "invalid_params" in refused.output  # an encoder has no next token

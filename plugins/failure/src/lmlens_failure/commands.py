@@ -13,9 +13,12 @@ from lmlens.cli import friendly_errors
 
 
 def _analyzer(model: str | None) -> Any:
+    """An Analyzer with the plugin host the ``lmlens`` command already loaded."""
     from lmlens import Analyzer
 
-    return Analyzer(model) if model else Analyzer()
+    ctx = click.get_current_context(silent=True)
+    host = ctx.find_root().obj.get("host") if ctx is not None and isinstance(ctx.find_root().obj, dict) else None
+    return Analyzer(model, plugins=host) if host is not None else Analyzer(model)
 
 
 def _bar() -> Any:
