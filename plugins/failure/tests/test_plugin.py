@@ -230,3 +230,33 @@ def test_cli_train_predict_evaluate(
     }
     refused = invoke(["failure", "predict", "hello", "--model", "tiny-bert"])
     assert refused.exit_code == 2 and "invalid_params" in refused.output  # an encoder has no next token
+
+
+def test_generation_resumes_from_its_checkpoint(gpt2: Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlens_failure import api, labels
+
+    calls: list[int] = []
+    real = labels.run_examples
+
+    def counting(loaded: Any, batch: Any, **kwargs: Any) -> Any:
+        calls.append(len(batch))
+        return real(loaded, batch, **kwargs)
+
+    monkeypatch.setattr(labels, "run_examples", counting)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(fraction: float, message: str) -> None:
+        raise Interrupted  # the worker dies after the first chunk
+
+    with pytest.raises(Interrupted):
+        api.generate_resumable(gpt2, gpt2.model, 8, ["copy"], 0, "resume-test", interrupt, chunk=4)
+    assert calls == [4]
+    resumed = api.generate_resumable(gpt2, gpt2.model, 8, ["copy"], 0, "resume-test", None, chunk=4)
+    assert calls == [4, 4]  # only the missing chunk ran
+    whole = api.generate_resumable(gpt2, gpt2.model, 8, ["copy"], 0, "resume-other", None, chunk=8)
+    assert [(r.prompt, r.output, r.failed) for r in resumed.records] == [
+        (r.prompt, r.output, r.failed) for r in whole.records
+    ]
+    np.testing.assert_allclose(resumed.signals.logit, whole.signals.logit, rtol=1e-5)

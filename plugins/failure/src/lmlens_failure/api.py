@@ -148,6 +148,58 @@ def generate_failure_data(
     return generate_data(loaded, n, tasks, seed=seed, max_new_tokens=max_new_tokens, progress=progress)
 
 
+CHUNK = 64
+
+
+def generate_resumable(
+    analyzer: Any,
+    loaded: LoadedModel,
+    n: int,
+    tasks: Sequence[str] | None,
+    seed: int,
+    name: str,
+    progress: Progress | None,
+    *,
+    chunk: int = CHUNK,
+) -> FailureData:
+    """Generate in chunks, checkpointing the labelled data after each one
+    (``artifact_store.checkpoint``), so a retried job resumes where it stopped."""
+    from lmlens_failure.features import Signals
+    from lmlens_failure.labels import Labelled, run_examples
+    from lmlens_failure.tasks import make_examples
+
+    store = analyzer.artifact_store
+    examples = make_examples(n, tasks, seed=seed)
+    request = {"n": n, "tasks": sorted(tasks) if tasks else None, "seed": seed, "model": model_fingerprint(loaded)}
+    records: list[Labelled] = []
+    parts: list[Signals] = []
+    saved = store.load_checkpoint(KIND, name)
+    if saved is not None and saved.config.get("request") == request:
+        records = [Labelled(**r) for r in saved.config["records"]]
+        parts = [Signals(**{k[len("signals.") :]: v for k, v in saved.tensors.items() if k.startswith("signals.")})]
+    notify = progress or (lambda f, m: None)
+    while len(records) < n:
+        start = len(records)
+        batch = examples[start : start + chunk]
+        new, sig = run_examples(loaded, batch)
+        records.extend(new)
+        parts.append(sig)
+        merged = Signals.concat(parts)
+        parts = [merged]
+        store.checkpoint(
+            Artifact(
+                kind=KIND,
+                name=name,
+                model=model_fingerprint(loaded),
+                model_name=loaded.name,
+                config={"request": request, "records": [vars(r) for r in records]},
+                tensors={f"signals.{k}": v for k, v in merged.arrays().items()},
+            )
+        )
+        notify(len(records) / n, f"{len(records)}/{n} prompts labelled")
+    return FailureData(records, Signals.concat(parts), loaded.name)
+
+
 def _as_data(
     analyzer: Any, loaded: LoadedModel, data: object, tasks: Sequence[str] | None, seed: int, progress: Progress | None
 ) -> FailureData:
@@ -198,7 +250,10 @@ def train_failure_predictor(
     def stage(lo: float, hi: float) -> Progress:
         return lambda f, m: notify(lo + (hi - lo) * f, m)
 
-    data = _as_data(analyzer, loaded, training_data, tasks, seed, stage(0.0, 0.6))
+    if isinstance(training_data, int) and not isinstance(training_data, bool):
+        data = generate_resumable(analyzer, loaded, training_data, tasks, seed, name, stage(0.0, 0.6))
+    else:
+        data = _as_data(analyzer, loaded, training_data, tasks, seed, stage(0.0, 0.6))
     y = data.labels
     check_labels(y)
     report: dict[str, Any] = {"summary": data.summary()}
@@ -217,6 +272,7 @@ def train_failure_predictor(
         extra={"tasks": sorted(set(data.families)), "seed": seed},
     )
     info = analyzer.save_artifact(artifact) if save else None
+    analyzer.artifact_store.drop_checkpoint(KIND, name)
     notify(1.0, "saved" if save else "fitted")
     return TrainReport(
         name=name,
