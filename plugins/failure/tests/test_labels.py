@@ -121,3 +121,13 @@ def test_tasks_are_reproducible_and_users_can_add_theirs() -> None:
 
     with pytest.raises(InvalidParamsError, match="unknown task"):
         make_examples(3, ["nope"])
+
+
+def test_generation_stops_when_its_request_is_cancelled(tiny_models) -> None:
+    from lmlens import cancel
+
+    loaded = tiny_models["gpt2"]
+    token = cancel.CancelToken()
+    token.cancel("client left")
+    with cancel.bound(token), pytest.raises(cancel.Cancelled, match="client left"):
+        greedy_continuations(loaded, [tokenize(loaded, "abc")], max_new_tokens=4, stop=lambda i, toks: False)

@@ -102,19 +102,15 @@ def signals_for(
 
 
 def _model_lock(loaded: LoadedModel) -> Any:
-    """The lock the kernel's run_forward holds while it uses the model."""
-    lock = getattr(loaded, "lock", None)
-    return lock if lock is not None else loaded._attn_lock
+    """The lock the kernel's ``run_forward`` holds while it uses the model."""
+    return loaded.lock
 
 
 def _check_cancelled() -> None:
-    try:
-        from lmlens import cancel
-    except ImportError:  # a kernel without cooperative cancellation
-        return
-    check = getattr(cancel, "check", None)
-    if callable(check):
-        check()
+    """Stop between generated tokens when the thread's request was cancelled (lmlens.cancel)."""
+    from lmlens import cancel
+
+    cancel.check_current()
 
 
 def _accepts(model: torch.nn.Module, name: str) -> bool:
