@@ -3,8 +3,8 @@
 The signals come from the shared feature pass through the kernel's ``run_forward``
 (right-padded batches; reducers read each row's last real token). The greedy
 continuation then runs with the KV cache, left-padded, while holding the kernel's
-model lock (``greedy_continuations``): a model use without hooks, about 4x cheaper on
-CPU than re-running the prompt through ``run_forward`` for every new token.
+model lock (``greedy_continuations``): a model use without hooks, several times cheaper
+on CPU than re-running the whole prompt through ``run_forward`` for every new token.
 Generation stops at a newline, at the end-of-sequence token, after
 ``max_new_tokens``, or once a checked answer is decided.
 
