@@ -2,9 +2,9 @@
 
 The signals come from the shared feature pass through the kernel's ``run_forward``
 (right-padded batches; reducers read each row's last real token). The greedy
-continuation then runs with the KV cache, left-padded, while holding the kernel's
-model lock (``greedy_continuations``): a model use without hooks, several times cheaper
-on CPU than re-running the whole prompt through ``run_forward`` for every new token.
+continuation then runs through the kernel's ``greedy_generate`` (KV cache, left-padded,
+the model lock held for the loop), several times cheaper on CPU than re-running the
+whole prompt through ``run_forward`` for every new token.
 Generation stops at a newline, at the end-of-sequence token, after
 ``max_new_tokens``, or once a checked answer is decided.
 
@@ -16,16 +16,15 @@ times in a row).
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from lmlens.forward import run_forward
+from lmlens.generation import greedy_generate
 from lmlens.models import LoadedModel
 from lmlens_failure.features import Signals, feature_needs, signals_from_activations
 from lmlens_failure.tasks import Example
@@ -101,86 +100,15 @@ def signals_for(
     return generate(loaded, id_lists, max_new_tokens=0, batch_size=batch_size, progress=progress)[0]
 
 
-def _model_lock(loaded: LoadedModel) -> Any:
-    """The lock the kernel's ``run_forward`` holds while it uses the model."""
-    return loaded.lock
-
-
-def _check_cancelled() -> None:
-    """Stop between generated tokens when the thread's request was cancelled (lmlens.cancel)."""
-    from lmlens import cancel
-
-    cancel.check_current()
-
-
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    return name in inspect.signature(model.forward).parameters
-
-
-def _cache_of(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
 def greedy_continuations(
     loaded: LoadedModel,
     id_lists: Sequence[Sequence[int]],
     max_new_tokens: int,
     stop: Callable[[int, list[int]], bool] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of a batch of prompts, left-padded, with the KV cache.
-
-    This is a model use without hooks: it holds the kernel's model lock for the whole
-    loop (so no pass of another thread sees the model in between), runs under
-    ``inference_mode``, and stops each row at EOS, at a token with a newline, after
-    ``max_new_tokens``, or when ``stop(row, tokens_so_far)`` says so.
-    """
-    model = loaded.model
-    eos = loaded.tokenizer.eos_token_id
-    lengths = [len(x) for x in id_lists]
-    width = max(lengths)
-    ids = torch.full((len(id_lists), width), _pad_id(loaded), dtype=torch.long)
-    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-    for i, row in enumerate(id_lists):
-        ids[i, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    position = (mask.cumsum(-1) - 1).clamp_min(0)
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"  # transformers 5 renamed it
-    gen: list[list[int]] = [[] for _ in id_lists]
-    done = [False] * len(id_lists)
-    device = loaded.device
-    with _model_lock(loaded), torch.inference_mode():
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position.to(device),
-            use_cache=True,
-            **extra,
-        )
-        for step in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1).cpu()
-            for i, tok in enumerate(nxt.tolist()):
-                if done[i]:
-                    continue
-                gen[i].append(int(tok))
-                piece = loaded.tokenizer.decode([int(tok)])
-                if tok == eos or "\n" in piece or (stop is not None and stop(i, gen[i])):
-                    done[i] = True
-            if all(done) or step == max_new_tokens - 1:
-                break
-            _check_cancelled()
-            mask = torch.cat([mask, torch.ones((len(id_lists), 1), dtype=torch.long)], dim=1)
-            position = position[:, -1:] + 1
-            out = model(
-                input_ids=nxt[:, None].to(device),
-                attention_mask=mask.to(device),
-                position_ids=position.to(device),
-                use_cache=True,
-                **{cache_arg: _cache_of(out)},
-                **extra,
-            )
-    return gen
+    """Greedy continuations through the kernel's ``greedy_generate`` (KV cache, model lock,
+    cancellation between tokens); rows stop at EOS, a newline, or when ``stop`` says so."""
+    return greedy_generate(loaded, id_lists, max_new_tokens, stop=stop)
 
 
 def generate(
