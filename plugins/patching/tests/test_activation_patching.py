@@ -12,8 +12,8 @@ from lmlens_patching.causal import CleanRun, Restore, run_restorations
 from lmlens_patching.targets import Target, encode
 
 # the tiny models tokenize byte by byte: equal lengths, and "a" / "b" are single tokens
-CLEAN = "The cat sat on the mat"
-CORRUPTED = "The dog sat on the rug"
+CLEAN = "The cat sat"
+CORRUPTED = "The dog sat"
 PARAMS = {"corrupted_text": CORRUPTED, "correct": "a", "wrong": "b"}
 
 
@@ -32,8 +32,18 @@ def plain_metric(loaded, text: str, correct: str = "a", wrong: str | None = "b")
     return reference_metric(loaded, logits, correct, wrong)
 
 
+HAND_GRIDS: dict[tuple[str, str, str | None], np.ndarray] = {}
+
+
 def hand_resid_grid(loaded, correct: str = "a", wrong: str | None = "b") -> np.ndarray:
-    """One pass per (layer, position), each with one patch: the un-batched reference."""
+    """One pass per (layer, position), each with one patch: the un-batched reference (memoised per model)."""
+    key = (loaded.name, correct, wrong)
+    if key not in HAND_GRIDS:
+        HAND_GRIDS[key] = _hand_resid_grid(loaded, correct, wrong)
+    return HAND_GRIDS[key]
+
+
+def _hand_resid_grid(loaded, correct: str, wrong: str | None) -> np.ndarray:
     clean_ids, corrupted_ids = encode(loaded, CLEAN), encode(loaded, CORRUPTED)
     n_layers, n_pos = loaded.info.n_layers, clean_ids.shape[1]
     saved = run_forward(loaded, [Need(f"blocks.{layer}.resid_pre") for layer in range(n_layers)], input_ids=clean_ids)
@@ -139,8 +149,8 @@ def test_per_head_grid_equals_a_hand_loop(tiny_analyzer) -> None:
 
 def test_unequal_lengths_are_refused_with_both_lengths(tiny_analyzer) -> None:
     analyzer = tiny_analyzer("gpt2")
-    params = {**PARAMS, "corrupted_text": "The dog sat on the rugs"}
-    with pytest.raises(InvalidParamsError, match=r"22 tokens.*23 tokens") as caught:
+    params = {**PARAMS, "corrupted_text": "The dog sat!"}
+    with pytest.raises(InvalidParamsError, match=r"11 tokens.*12 tokens") as caught:
         analyzer.analyze(CLEAN, "activation_patching", {"activation_patching": params})
     assert caught.value.code == "invalid_params" and caught.value.field == "params.activation_patching.corrupted_text"
 

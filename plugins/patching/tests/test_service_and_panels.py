@@ -9,7 +9,7 @@ from lmlens import Analyzer
 from lmlens.plugins import PluginHost
 from lmlens.settings import Settings
 
-CLEAN, CORRUPTED = "The cat sat on the mat", "The dog sat on the rug"
+CLEAN, CORRUPTED = "The cat sat", "The dog sat"
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_panels_save_offline_html(tiny_analyzer, tmp_path) -> None:
     assert len(images) == 2  # the layer x position map and the head grid
     ap = result.methods["activation_patching"]
     drawn = {np.shape(r.data_source.data["image"][0]): r.data_source.data["image"][0] for r in images}
-    np.testing.assert_array_equal(drawn[(2, 22)], ap.resid_normalised)
+    np.testing.assert_array_equal(drawn[(2, 11)], ap.resid_normalised)
     np.testing.assert_array_equal(drawn[(2, 4)], ap.heads_normalised)
     html = path.read_text()
     assert "cdn.bokeh.org" not in html and "Bokeh" in html and len(html) > 500_000  # BokehJS inline
