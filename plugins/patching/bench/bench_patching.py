@@ -60,27 +60,31 @@ def main() -> None:
     params = {"corrupted_text": CORRUPTED, "correct": " Paris", "wrong": " Rome"}
     analyzer.analyze(CLEAN, "activation_patching", {"activation_patching": {**params, "layers": [0]}},
                      use_cache=False)  # warm-up
-    timings: dict[str, list[float]] = {"resid": [], "resid+heads": [], "hand loop": []}
+    timings: dict[str, list[tuple[float, float]]] = {"resid": [], "resid+heads": [], "hand loop": []}
+
+    def timed(name: str, fn):  # wall and process CPU seconds: CPU time says more on a busy machine
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        timings[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        return out
+
     for _ in range(args.repeats):
-        started = time.perf_counter()
-        ap = analyzer.analyze(CLEAN, "activation_patching", {"activation_patching": params},
-                              use_cache=False).methods["activation_patching"]
-        timings["resid"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        heads = analyzer.analyze(CLEAN, "activation_patching", {"activation_patching": {**params, "per_head": True}},
-                                 use_cache=False).methods["activation_patching"]
-        timings["resid+heads"].append(time.perf_counter() - started)
+        ap = timed("resid", lambda: analyzer.analyze(
+            CLEAN, "activation_patching", {"activation_patching": params}, use_cache=False
+        ).methods["activation_patching"])
+        heads = timed("resid+heads", lambda: analyzer.analyze(
+            CLEAN, "activation_patching", {"activation_patching": {**params, "per_head": True}}, use_cache=False
+        ).methods["activation_patching"])
     clean_ids, corrupted_ids = encode(loaded, CLEAN), encode(loaded, CORRUPTED)
-    started = time.perf_counter()
-    reference = hand_loop(loaded, clean_ids, corrupted_ids, ap.correct_id, ap.wrong_id)
-    timings["hand loop"].append(time.perf_counter() - started)
+    reference = timed("hand loop", lambda: hand_loop(loaded, clean_ids, corrupted_ids, ap.correct_id, ap.wrong_id))
 
     tokens = [t.text for t in analyzer.tokenize(loaded, CLEAN)[1]]
     print(f"model smollm2-135m, {len(tokens)} tokens, {loaded.info.n_layers} layers, threads {torch.get_num_threads()}")
     print(f"clean logit diff {ap.clean:.3f}, corrupted {ap.corrupted:.3f}; batch {ap.batch_size} rows, "
           f"{ap.n_passes} passes (resid), {heads.n_passes} (resid + heads)")
     for name, values in timings.items():
-        print(f"{name:12s} median {np.median(values):.2f} s over {len(values)}")
+        wall, cpu = np.median([v[0] for v in values]), np.median([v[1] for v in values])
+        print(f"{name:12s} median wall {wall:.2f} s, CPU {cpu:.2f} s over {len(values)}")
     print(f"max |batched - hand loop| = {np.abs(ap.resid - reference).max():.2e}")
     norm = ap.resid_normalised
     print("normalised effect, layer x position (every 3rd layer):")
