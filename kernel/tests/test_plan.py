@@ -136,3 +136,9 @@ def test_default_methods_come_from_plugin_tags(tiny_analyzer, tiny_models, tmp_p
     empty = Analyzer(tiny_models["gpt2"], settings=Settings(cache_dir=str(tmp_path)), plugins=PluginHost(load=[]))
     with pytest.raises(UnknownMethodError):
         empty.analyze("hello")
+
+
+def test_visualize_attention_without_the_attention_plugin_is_unknown_method(tiny_models, tmp_path) -> None:
+    bare = Analyzer(tiny_models["gpt2"], settings=Settings(cache_dir=str(tmp_path)), plugins=PluginHost(load=[]))
+    with pytest.raises(UnknownMethodError, match="lmlens-attention"):
+        bare.visualize_attention(object())  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def _summary(result: wire.AnalysisResult) -> str:
 @click.option("--param", "-p", "params", multiple=True, help="METHOD.NAME=JSON, repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="also write the JSON result to this file")
+              help="write the JSON result to this file (with --json: instead of stdout)")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
 @click.option("--dtype", default=None, help="float32, float16, bfloat16 (default: float32)")
 @click.pass_context
@@ -164,12 +164,12 @@ def analyze_command(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(encoded)
-    if as_json:
-        click.echo(encoded)
-    else:
+    if as_json and output is None:
+        click.echo(encoded)  # the JSON goes to one place: the file when -o is given, else stdout
+    elif not as_json:
         click.echo(_summary(result))
-        if output is not None:
-            click.echo(f"wrote {output} ({len(encoded) / 1e6:.1f} MB)")
+    if output is not None:
+        click.echo(f"wrote {output} ({len(encoded) / 1e6:.3g} MB)", err=as_json)
 
 
 def _read_document(source: str) -> str:
