@@ -86,6 +86,9 @@ def test_panels_save_offline_html(tiny_analyzer, tmp_path) -> None:
 
     with pytest.raises(InvalidParamsError, match=r"\.html"):
         panels.steering_panel(result, save_path=str(tmp_path / "steering.png"))
+    small = tmp_path / "small.html"
+    panels.steering_panel(result, save_path=str(small), resources="cdn")
+    assert "cdn.bokeh.org" in small.read_text() and small.stat().st_size < 100_000
     lone = analyzer.analyze(CLEAN, "steering", {"steering": {"layer": 0, "positive": "a", "negative": "b"}})
     with pytest.raises(InvalidParamsError, match="no 'activation_patching' result"):
         panels.patching_panel(lone)

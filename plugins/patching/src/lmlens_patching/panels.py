@@ -1,7 +1,8 @@
 """Panels: a result -> a Bokeh layout, optionally saved as a standalone HTML file.
 
 The contract (``register_panels``): ``panel(result, *, save_path=None, **options)``.
-Saved HTML carries BokehJS inline (``bokeh.resources.INLINE``), so the file opens offline.
+Saved HTML carries BokehJS inline (``bokeh.resources.INLINE``), so the file opens offline;
+``resources="cdn"`` gives a small page that loads BokehJS from the network.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bokeh.models import (
 )
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
-from bokeh.resources import INLINE
+from bokeh.resources import CDN, INLINE
 from bokeh.transform import dodge
 
 from lmlens import AnalysisResult, InvalidParamsError, Result
@@ -42,13 +43,16 @@ def _result(analysis: AnalysisResult | Result, method: str, kind: type[Result]) 
     return found
 
 
-def _finish(layout: Any, save_path: str | None, title: str) -> Any:
+def _finish(layout: Any, save_path: str | None, title: str, resources: str = "inline") -> Any:
+    """``resources="inline"`` (default: the page opens offline) or ``"cdn"`` (small, needs the network)."""
+    if resources not in ("inline", "cdn"):
+        raise InvalidParamsError(f"resources must be inline or cdn, not {resources!r}", field="resources")
     if save_path is None:
         return layout
     path = Path(save_path)
     if path.suffix.lower() != ".html":
         raise InvalidParamsError(f"save_path must end in .html, not {path.suffix or 'nothing'}", field="save_path")
-    path.write_text(file_html(layout, INLINE, title), encoding="utf-8")
+    path.write_text(file_html(layout, INLINE if resources == "inline" else CDN, title), encoding="utf-8")
     return layout
 
 
@@ -115,6 +119,7 @@ def patching_panel(
     *,
     save_path: str | None = None,
     normalised: bool = True,
+    resources: str = "inline",
     **options: Any,
 ) -> Any:
     """The layer x position heatmap of restoring the residual stream, and the layer x head grid
@@ -143,11 +148,12 @@ def patching_panel(
         names = [str(h) for h in range(heads.shape[1])]
         figures.append(grid_figure(np.asarray(heads), layers, names, f"{what} of restoring each head's output",
                                    row_axis="layer", column_axis="head", value_name=what))
-    return _finish(column(*figures), save_path, title)
+    return _finish(column(*figures), save_path, title, resources)
 
 
 def steering_panel(
-    result: AnalysisResult | SteeringResult, *, save_path: str | None = None, **options: Any
+    result: AnalysisResult | SteeringResult, *, save_path: str | None = None, resources: str = "inline",
+    **options: Any,
 ) -> Any:
     """Next-token probabilities before and after steering (the union of both top lists), and the
     continuations when the result has them."""
@@ -180,7 +186,7 @@ def steering_panel(
     if st.continuation_before is not None:
         parts.append(Div(text=f"<p><b>without steering:</b> {escape(st.continuation_before)!s}</p>"
                          f"<p><b>with steering:</b> {escape(st.continuation_after or '')!s}</p>", width=640))
-    return _finish(column(*parts), save_path, title)
+    return _finish(column(*parts), save_path, title, resources)
 
 
 PANELS = {"activation_patching": patching_panel, "steering": steering_panel}
