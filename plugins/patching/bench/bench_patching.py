@@ -46,7 +46,7 @@ def hand_loop(loaded, clean_ids, corrupted_ids, correct: int, wrong: int) -> np.
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     import torch
 
@@ -66,6 +66,7 @@ def main() -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         out = fn()
         timings[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        print(f"  {name}: wall {timings[name][-1][0]:.2f} s, CPU {timings[name][-1][1]:.2f} s", flush=True)
         return out
 
     for _ in range(args.repeats):
@@ -99,10 +100,10 @@ def main() -> None:
 
     started = time.perf_counter()
     st = analyzer.analyze("I think this movie is", "steering", {"steering": {
-        "layer": 8, "positive": "love", "negative": "hate", "coefficient": 8.0, "generate": 12}},
-        use_cache=False).methods["steering"]
-    print(f"steering (contrastive love - hate, layer 8 x 8, 12 tokens) {time.perf_counter() - started:.2f} s, "
-          f"KL {st.kl:.3f}")
+        "layer": 8, "positive": "I love this movie, it is wonderful", "negative": "I hate this movie, it is terrible",
+        "coefficient": 8.0, "generate": 12}}, use_cache=False).methods["steering"]
+    print(f"steering (contrastive, paired texts, layer 8 x 8, 12 tokens) {time.perf_counter() - started:.2f} s, "
+          f"KL {st.kl:.3f}, |vector| {st.vector_norm:.2f}")
     print(f"  before: {st.continuation_before!r}\n  after:  {st.continuation_after!r}")
 
 
