@@ -288,13 +288,8 @@ def _steering_run(trace: Trace, params: SteeringParams) -> SteeringResult:
         "kl": steer.kl_divergence(before, after),
     }
     if params.generate:
-        eos = loaded.tokenizer.eos_token_id
-
-        def stop(token: int) -> bool:
-            return eos is not None and token == eos
-
-        plain = steer.greedy(loaded, trace.input_ids, params.generate, first=before, stop=stop)
-        steered = steer.greedy(loaded, trace.input_ids, params.generate, [patch], first=after, stop=stop)
+        plain = steer.greedy(loaded, trace.input_ids, params.generate)
+        steered = steer.greedy(loaded, trace.input_ids, params.generate, [patch])
         result.update(
             continuation_before=loaded.tokenizer.decode(plain),
             continuation_after=loaded.tokenizer.decode(steered),

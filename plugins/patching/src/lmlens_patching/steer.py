@@ -8,11 +8,11 @@ whole passes (no KV cache), each with the steering patch, fine for short texts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from lmlens import LoadedModel, Need, Patch, PatchContext, run_forward
+from lmlens import LoadedModel, Need, Patch, PatchContext, greedy_generate, run_forward
 from lmlens_patching.targets import encode, last_logits
 
 
@@ -58,24 +58,10 @@ def next_token_logits(loaded: LoadedModel, ids: torch.Tensor, patches: Sequence[
     return value
 
 
-def greedy(
-    loaded: LoadedModel,
-    ids: torch.Tensor,  # [1, pos]
-    steps: int,
-    patches: Sequence[Patch] = (),
-    first: torch.Tensor | None = None,  # the first step's logits, when already computed
-    stop: Callable[[int], bool] = lambda token: False,
-) -> list[int]:
-    """Greedy continuation: ``steps`` tokens (fewer if ``stop(token)``), one whole pass each."""
-    out: list[int] = []
-    for step in range(steps):
-        logits = first if step == 0 and first is not None else next_token_logits(loaded, ids, patches)
-        token = int(torch.argmax(logits))
-        out.append(token)
-        if stop(token):
-            break
-        ids = torch.cat([ids, torch.tensor([[token]], dtype=ids.dtype, device=ids.device)], dim=1)
-    return out
+def greedy(loaded: LoadedModel, ids: torch.Tensor, steps: int, patches: Sequence[Patch] = ()) -> list[int]:
+    """Greedy continuation of ``ids`` [1, pos]: up to ``steps`` tokens, ending at EOS, through the
+    kernel's ``greedy_generate`` (KV cache; the patches apply to every step)."""
+    return greedy_generate(loaded, [ids[0].tolist()], steps, stop_at_newline=False, patches=patches)[0]
 
 
 def kl_divergence(before: torch.Tensor, after: torch.Tensor) -> float:
