@@ -10,7 +10,7 @@ import pytest
 
 from lmlens.capture import Need
 from lmlens.forward import run_forward
-from lmlens_http.cancellation import CancelToken, RequestCancelled, bound, install_block_checks
+from lmlens_http.cancellation import CancelToken, RequestCancelled, bound
 from lmlens_http.pool import AnalysisPool
 
 
@@ -63,9 +63,6 @@ def test_timeout_is_504_and_the_rest_of_the_work_is_cancelled(make_server, test_
 
 def test_block_checks_stop_a_forward_pass(tiny_models) -> None:
     loaded = tiny_models["llama"]
-    install_block_checks(loaded)
-    install_block_checks(loaded)  # once per model, however often asked
-    assert len(loaded.modules.blocks[0]._forward_pre_hooks) == 1
     ids = loaded.tokenizer("hello", return_tensors="pt")["input_ids"]
     needs = [Need("blocks.1.resid_post")]
     token = CancelToken()
@@ -78,8 +75,9 @@ def test_block_checks_stop_a_forward_pass(tiny_models) -> None:
             assert exc.code == "timeout" and exc.http_status == 504
         else:
             raise AssertionError("a cancelled token must stop the pass")
-    # no token bound on this thread: the hooks do nothing
+    # no token bound on this thread: no checks, and no hook is left on the model
     assert "blocks.1.resid_post" in run_forward(loaded, needs, input_ids=ids)
+    assert not loaded.modules.blocks[0]._forward_pre_hooks
 
 
 def test_pool_counts_and_frees_slots() -> None:

@@ -87,7 +87,9 @@ class LoadedModel:
     modules: ModuleMap
     info: ModelInfo
     device: torch.device
-    _attn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Held by run_forward for a whole pass: hooks, attention switch, pass, hook removal.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @classmethod
     def build(

@@ -149,6 +149,7 @@ ATTENTION = Method(
     needs=_attention_needs,
     run=_attention_run,
     version=__version__,
+    tags=("default",),
 )
 
 

@@ -29,7 +29,6 @@ from lmlens_importance.targets import (
     Objective,
     build_objective,
     check_finite,
-    frozen_parameters,
     special_positions,
 )
 from lmlens_importance.words import merge_words
@@ -91,8 +90,7 @@ def _uses_rms_norm(model: torch.nn.Module) -> bool:
 
 def run_importance(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     check_params(params)
-    loaded = trace.model
-    with torch.inference_mode(False), frozen_parameters(loaded.model):
+    with torch.inference_mode(False):
         return _run(trace, params)
 
 
