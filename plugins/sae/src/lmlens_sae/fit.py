@@ -47,6 +47,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0
     diverged: TrainingDivergedError | None = None
+    density: np.ndarray | None = None  # [d_sae]: share of held-out tokens each feature fires on
 
 
 def split_windows(windows: TokenWindows, held_out: float, special: set[int]) -> tuple[TokenWindows, TokenWindows]:
@@ -171,11 +172,13 @@ def fit(
         "train_dense_fraction": trainer.dense_fraction(),
         "buffer_bytes": where["buffer_bytes"],
     }
+    density = None
     if diverged is None and eval_windows.usable > 0:
-        metrics.update(evaluate(loaded, sae, point, eval_windows, evaluate_ce=evaluate_ce, max_tokens=eval_tokens,
-                                batch_windows=batch_windows))
+        found, density = evaluate(loaded, sae, point, eval_windows, evaluate_ce=evaluate_ce, max_tokens=eval_tokens,
+                                  batch_windows=batch_windows)
+        metrics.update(found)
     return FitResult(sae=sae, point=point, train_config=cfg, metrics=metrics, history=trainer.state.history,
-                     resumed_from_step=resumed, diverged=diverged)
+                     resumed_from_step=resumed, diverged=diverged, density=density)
 
 
 @torch.no_grad()
@@ -188,8 +191,9 @@ def evaluate(
     evaluate_ce: bool = True,
     max_tokens: int = 8192,
     batch_windows: int = 16,
-) -> dict[str, Any]:
-    """Held-out metrics: MSE, EV, L0, dead/dense fractions, and CE loss recovered with KL."""
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Held-out metrics (MSE, EV, L0, dead/dense fractions, CE loss recovered, KL) and the
+    share of held-out tokens each feature fires on."""
     chunks = []
     n = 0
     used: list[list[int]] = []
@@ -204,9 +208,11 @@ def evaluate(
             break
     x = torch.cat(chunks)[:max_tokens]
     out = {f"eval_{k}": v for k, v in activation_metrics(sae, x).items()}
+    density = (sae.encode(x) > 0).double().mean(0).numpy().astype(np.float32)
     out["eval_tokens"] = int(x.shape[0])
     if evaluate_ce and loaded.info.has_lm_head and loaded.info.causal:
         from lmlens_sae.splice import ce_recovered
 
         out.update({f"eval_{k}": v for k, v in ce_recovered(loaded, sae, point, used, batch_windows=batch_windows).items()})
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
+    clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}, density

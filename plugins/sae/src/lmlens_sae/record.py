@@ -33,11 +33,18 @@ class SAERecord:
     extra: dict[str, Any] = field(default_factory=dict)  # train config, history, origin
     provenance: dict[str, Any] = field(default_factory=dict)
     content_hash: str | None = None
+    density: np.ndarray | None = None  # [d_sae]: share of held-out tokens each feature fires on
+
+    @property
+    def sae_density(self) -> np.ndarray | None:
+        return self.density
 
     def to_artifact(self, *, dtype: Any = np.float32) -> Artifact:
         cfg = self.sae.cfg
         tensors = {name: t.numpy(force=True).astype(dtype) for name, t in self.sae.tensors().items()}
         tensors["scale"] = tensors["scale"].astype(np.float32)  # one number: keep it exact
+        if self.density is not None:
+            tensors["feature_density"] = np.asarray(self.density, dtype=np.float32)
         config = {
             **cfg.to_dict(),
             "point": self.point,
@@ -69,4 +76,5 @@ class SAERecord:
                               "normalization")}
         return cls(name=artifact.name, sae=sae, point=point, model=artifact.model, model_name=artifact.model_name,
                    metrics=dict(artifact.metrics), extra=extra, provenance=dict(artifact.provenance),
-                   content_hash=getattr(artifact, "content_hash", None))
+                   content_hash=getattr(artifact, "content_hash", None) or None,
+                   density=tensors.get("feature_density"))
