@@ -24,7 +24,8 @@ GENERATIONS = HERE / "data" / "generations.jsonl"
 
 SUBJECTS = [
     "a rainy afternoon in a small town", "how bread is baked", "the history of the bicycle", "a trip to the mountains",
-    "why the sky is blue", "a letter to an old friend", "training a puppy", "the rules of chess", "a busy train station",
+    "why the sky is blue", "a letter to an old friend", "training a puppy", "the rules of chess",
+    "a busy train station",
     "how vaccines work", "planting a vegetable garden", "a job interview", "the life of honeybees", "saving money",
     "a football match", "the moon landing", "learning a new language", "a birthday party", "how rain forms",
     "the invention of the printing press", "a visit to the dentist", "climate and weather", "a haunted house",
@@ -114,13 +115,14 @@ def generate(path: Path, *, max_new_tokens: int = 96, batch: int = 32, seed: int
                   flush=True)
 
 
-def load(split: str) -> list[str]:
-    """Texts of ``split`` ("train" or "held_out")."""
+def load(split: str, source: str = "all") -> list[str]:
+    """Texts of ``split`` ("train" or "held_out") from ``source`` ("pydoc", "generations" or "all")."""
     texts = []
-    for i, (_, body) in enumerate(pydoc_texts()):
-        if (i % 8 == 7) == (split == "held_out"):
-            texts.append(body)
-    if GENERATIONS.is_file():
+    if source in ("pydoc", "all"):
+        for i, (_, body) in enumerate(pydoc_texts()):
+            if (i % 8 == 7) == (split == "held_out"):
+                texts.append(body)
+    if source in ("generations", "all") and GENERATIONS.is_file():
         for line in GENERATIONS.read_text().splitlines():
             row = json.loads(line)
             if row["split"] == split and row["text"].strip():

@@ -142,8 +142,8 @@ class ShuffledBuffer:
     """Mix activations from many windows before they reach the optimiser."""
 
     def __init__(self, d_in: int, *, budget_bytes: int, batch_size: int, seed: int = 0) -> None:
-        self.capacity = max(batch_size * 2, budget_bytes // (4 * d_in))
-        self.capacity = min(self.capacity, max(batch_size * 2, budget_bytes // (4 * d_in)))
+        # never above the budget (but room for two batches), never more than 64 batches
+        self.capacity = max(batch_size * 2, min(budget_bytes // (4 * d_in), 64 * batch_size))
         self.data = torch.empty((self.capacity, d_in), dtype=torch.float32)
         self.size = 0
         self.batch_size = batch_size

@@ -32,7 +32,7 @@ from lmlens_sae.activations import (
 from lmlens_sae.errors import TrainingDivergedError
 from lmlens_sae.metrics import activation_metrics
 from lmlens_sae.model import SparseAutoencoder
-from lmlens_sae.train import StepStats, Trainer, TrainConfig
+from lmlens_sae.train import StepStats, TrainConfig, Trainer
 
 Checkpoint = Callable[[dict[str, Any], dict[str, np.ndarray]], None]
 Progress = Callable[[float, str, StepStats | None], None]
@@ -51,7 +51,7 @@ class FitResult:
 
 
 def split_windows(windows: TokenWindows, held_out: float, special: set[int]) -> tuple[TokenWindows, TokenWindows]:
-    n_eval = 0 if held_out <= 0 else max(1, int(round(len(windows) * held_out)))
+    n_eval = 0 if held_out <= 0 else max(1, round(len(windows) * held_out))
     n_eval = min(n_eval, max(0, len(windows) - 1))
     train_w = windows.windows[: len(windows) - n_eval]
     eval_w = windows.windows[len(windows) - n_eval:]
@@ -213,6 +213,7 @@ def evaluate(
     if evaluate_ce and loaded.info.has_lm_head and loaded.info.causal:
         from lmlens_sae.splice import ce_recovered
 
-        out.update({f"eval_{k}": v for k, v in ce_recovered(loaded, sae, point, used, batch_windows=batch_windows).items()})
+        found = ce_recovered(loaded, sae, point, used, batch_windows=batch_windows)
+        out.update({f"eval_{k}": v for k, v in found.items()})
     clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}, density

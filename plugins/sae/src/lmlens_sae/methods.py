@@ -224,9 +224,8 @@ def _feature_plan(info: Any, params: SAEFeatureParams) -> Plan:
         raise InvalidParamsError("bins must be in 2..200", field=f"{field}.bins")
     if not 1 <= params.logit_tokens <= 100:
         raise InvalidParamsError("logit_tokens must be in 1..100", field=f"{field}.logit_tokens")
-    if params.corpus is not None:
-        if len(params.corpus) > 256 or sum(len(t) for t in params.corpus) > 400_000:
-            raise InvalidParamsError("corpus: at most 256 texts and 400,000 characters", field=f"{field}.corpus")
+    if params.corpus is not None and (len(params.corpus) > 256 or sum(len(t) for t in params.corpus) > 400_000):
+        raise InvalidParamsError("corpus: at most 256 texts and 400,000 characters", field=f"{field}.corpus")
     return Plan(needs=())
 
 
@@ -290,7 +289,7 @@ def logit_lens(loaded: Any, direction: torch.Tensor, n: int) -> tuple[list[Token
     try:
         norm = loaded.modules.resolve("final").module
         gain = getattr(norm, "weight", None)
-    except Exception:  # noqa: BLE001 - a model without a final norm
+    except Exception:
         gain = None
     d = direction.float() * (gain.float() if gain is not None and gain.shape == direction.shape else 1.0)
     scores = w_u @ d

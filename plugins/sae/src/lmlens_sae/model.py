@@ -18,6 +18,7 @@ Encoding:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +78,11 @@ class _SparseEncoderGrad(torch.autograd.Function):
         counts = torch.bincount(flat_idx, minlength=ctx.d_sae)
         crow = torch.zeros(ctx.d_sae + 1, dtype=torch.int64, device=x.device)
         crow[1:] = torch.cumsum(counts, 0)
-        sparse = torch.sparse_csr_tensor(crow, cols, flat_grad[order], size=(ctx.d_sae, n))
-        grad_w = (sparse @ x).T  # [d_in, d_sae]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            sparse = torch.sparse_csr_tensor(crow, cols, flat_grad[order], size=(ctx.d_sae, n),
+                                             check_invariants=False)
+            grad_w = (sparse @ x).T  # [d_in, d_sae]
         grad_b = torch.zeros(ctx.d_sae, dtype=x.dtype, device=x.device).index_add_(0, flat_idx, flat_grad)
         # h = x - b_dec: dL/db_dec through the encoder is -sum_n W_enc[:, idx] g = -W_enc @ grad_b
         grad_b_dec = -(w_enc @ grad_b) if ctx.b_dec_in_input else None

@@ -51,7 +51,7 @@ def feature_strip(analysis: AnalysisResult, *, save_path: str | None = None, fea
     xs, ys, values, labels = [], [], [], []
     for p in range(len(tokens)):
         row_ids = result.feature_ids[p].tolist()
-        for r, feat in enumerate(chosen):
+        for _r, feat in enumerate(chosen):
             value = float(result.activations[p][row_ids.index(feat)]) if feat in row_ids else 0.0
             xs.append(p)
             ys.append(str(feat))

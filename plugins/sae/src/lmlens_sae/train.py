@@ -155,9 +155,9 @@ class Trainer:
         aux = self._aux_loss(out, err)
         if aux is not None:
             loss = loss + self.cfg.aux_coeff * aux
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             raise TrainingDivergedError(
-                f"the loss became {float(loss)} at step {self.state.step} "
+                f"the loss became {float(loss.detach())} at step {self.state.step} "
                 f"(after {self.state.tokens} tokens); the last good checkpoint is kept",
                 step=self.state.step,
             )
@@ -178,8 +178,8 @@ class Trainer:
         self.state.step += 1
         self.state.tokens += n
         stats = StepStats(
-            step=self.state.step, tokens=self.state.tokens, loss=float(loss), mse=float(mse),
-            explained_variance=ev, l0=self._l0(out, n), aux_loss=float(aux) if aux is not None else 0.0,
+            step=self.state.step, tokens=self.state.tokens, loss=float(loss.detach()), mse=float(mse.detach()),
+            explained_variance=ev, l0=self._l0(out, n), aux_loss=float(aux.detach()) if aux is not None else 0.0,
             dead_fraction=self.dead_fraction(), lr=lr,
         )
         return stats
