@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from lmlens_sae.errors import TrainingDivergedError
 from lmlens_sae.model import SAEConfig, SparseAutoencoder, geometric_median
-from lmlens_sae.train import Trainer, TrainConfig
+from lmlens_sae.train import TrainConfig, Trainer
 
 D_IN, D_SAE = 16, 64
 

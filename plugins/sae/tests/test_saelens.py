@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
-
 from lmlens_sae.errors import InvalidSAEError
 from lmlens_sae.model import SAEConfig, SparseAutoencoder
 from lmlens_sae.saelens import export_saelens, import_saelens
+from safetensors.numpy import load_file, save_file
 
 D_IN, D_SAE = 12, 40
 

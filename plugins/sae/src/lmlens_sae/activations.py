@@ -50,7 +50,8 @@ def resolve_point(loaded: LoadedModel, point: str | None, layer: int | None = No
         return f"blocks.{layer % n}.resid_post"
     match = _SAELENS.match(point)
     if match:
-        point = f"blocks.{match.group(1)}.{match.group(2).replace('_', '.')}"
+        kind = {"attn_out": "attn.out", "mlp_out": "mlp.out"}.get(match.group(2), match.group(2))
+        point = f"blocks.{match.group(1)}.{kind}"
     valid = valid_points(loaded)
     if point not in valid:
         raise UnknownHookPointError(
@@ -64,7 +65,7 @@ def saelens_hook_name(point: str) -> str:
     """``blocks.15.resid_post`` -> ``blocks.15.hook_resid_post`` (SAELens / TransformerLens)."""
     parts = point.split(".")
     if len(parts) >= 3 and parts[0] == "blocks":
-        return f"blocks.{parts[1]}.hook_{'_'.join(parts[2:])}"
+        return f"blocks.{parts[1]}.hook_{'_'.join(parts[2:])}"  # attn.out -> hook_attn_out
     return {"embed": "hook_embed", "final": "ln_final.hook_normalized"}.get(point, point)
 
 
