@@ -208,9 +208,45 @@ def evaluate_and_package() -> None:
     shutil.rmtree(PACKAGE, ignore_errors=True)
     write_artifact(artifact, PACKAGE)
     METRICS.write_text(json.dumps({"metrics": metrics, "curve": info["curve"]}, indent=1))
+    write_readme_table(metrics, info["curve"])
     print(json.dumps(metrics, indent=1))
     size = sum(p.stat().st_size for p in PACKAGE.iterdir())
     print(f"packaged {PACKAGE} ({size / 1e6:.1f} MB)")
+
+
+README = HERE.parent / "README.md"
+START, END = "<!-- default-metrics:start -->", "<!-- default-metrics:end -->"
+
+
+def write_readme_table(metrics: dict, curve: list[dict]) -> None:
+    """The README's numbers of the default, written from the stored metrics (a test compares them)."""
+    rows = [
+        ("explained variance", "eval_explained_variance"), ("L0", "eval_l0"),
+        ("dead fraction", "eval_dead_fraction"), ("CE loss recovered", "eval_ce_loss_recovered"),
+        ("KL", "eval_kl_div"),
+    ]
+    lines = [START, "", "| held-out metric (both sources, token-weighted) | value |", "|---|---|"]
+    lines += [f"| {label} | {metrics[key]:.3f} |" for label, key in rows]
+    lines += ["", "| per source | EV | L0 | CE recovered | KL | CE clean / SAE / zero |", "|---|---|---|---|---|---|"]
+    for source in SOURCES:
+        if f"eval_{source}_explained_variance" in metrics:
+            prefix = f"eval_{source}_"
+            m = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+            lines.append(f"| {source} ({m['tokens']} tokens) | {m['explained_variance']:.3f} | {m['l0']:.1f} | "
+                         f"{m['ce_loss_recovered']:.3f} | {m['kl_div']:.3f} | "
+                         f"{m['ce_clean']:.2f} / {m['ce_sae']:.2f} / {m['ce_zero_ablation']:.2f} |")
+    lines += ["", "EV against tokens trained (held-out activations, checkpoints of the same run):", "",
+              "| tokens | epoch | EV pydoc | EV generations | L0 | dead (held-out) |", "|---|---|---|---|---|---|"]
+    distinct = metrics["train_distinct_tokens"]
+    for row in curve:
+        nan = float("nan")
+        lines.append(f"| {row['tokens']} | {row['tokens'] / distinct:.1f} | {row.get('held_out_pydoc_ev', nan):.3f} | "
+                     f"{row.get('held_out_generations_ev', nan):.3f} | {row.get('held_out_pydoc_l0', 0):.1f} | "
+                     f"{row.get('held_out_pydoc_dead_fraction', 0):.3f} |")
+    lines += ["", END]
+    text = README.read_text()
+    a, b = text.index(START), text.index(END) + len(END)
+    README.write_text(text[:a] + "\n".join(lines) + text[b:])
 
 
 if __name__ == "__main__":
@@ -222,3 +258,6 @@ if __name__ == "__main__":
         train()
     if stage in ("evaluate", "all"):
         evaluate_and_package()
+    if stage == "readme":
+        stored = json.loads(METRICS.read_text())
+        write_readme_table(stored["metrics"], stored["curve"])

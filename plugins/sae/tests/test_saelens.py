@@ -74,7 +74,7 @@ def test_export_read_back_by_an_independent_loader_gives_identical_encodings(arc
 def test_import_of_an_export_encodes_the_same(arch: str, tmp_path: Path) -> None:
     sae = make_sae(arch)
     export_saelens(sae, tmp_path, hook_name="blocks.0.hook_resid_post", model_name="m")
-    back, cfg = import_saelens(tmp_path)
+    back, _ = import_saelens(tmp_path)
     x = torch.randn(200, D_IN) * 0.5
     with torch.no_grad():
         torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-4, atol=1e-5)
@@ -125,5 +125,5 @@ def test_import_rejects_missing_threshold_k_too_large_and_normalisation(tmp_path
         (topk / "cfg.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(InvalidSAEError, match=pattern):
             import_saelens(topk)
-    with pytest.raises(InvalidSAEError, match="cfg.json"):
+    with pytest.raises(InvalidSAEError, match=r"cfg\.json"):
         import_saelens(tmp_path / "nowhere")
