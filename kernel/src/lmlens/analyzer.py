@@ -39,7 +39,7 @@ from lmlens.plugins import PluginHost
 from lmlens.request import Progress, Request, run_request
 from lmlens.settings import Settings
 from lmlens.streaming import DocumentStream, collect_document
-from lmlens.wire import AnalysisResult, Token
+from lmlens.wire import AnalysisResult, Result, Token
 
 __all__ = ["Analyzer", "Progress"]
 
@@ -73,7 +73,13 @@ class Analyzer:
         plugins: PluginHost | None = None,
         cache: Cache | None = None,
         store: ModelStore | None = None,
+        model_name: str | None = None,
     ) -> None:
+        """``model_name`` is the product description's spelling of ``model``."""
+        if model_name is not None:
+            if model is not None:
+                raise InvalidParamsError("give model or model_name, not both", field="model_name")
+            model = model_name
         self.settings = settings or Settings.from_env()
         self.plugins = plugins or PluginHost()
         self.cache = cache
@@ -328,7 +334,7 @@ class Analyzer:
             raise MemoryLimitError(
                 f"this analysis needs an estimated {mem.total_gb:.3g} GB (attention {mem.attention_gb:.3g}, "
                 f"activations {mem.activations_gb:.3g}, gradients {mem.gradients_gb:.3g}, weights "
-                f"{mem.weights_gb:.3g}); the limit is {found.limit_gb:g} GB (MEMORY_LIMIT_GB). Use streaming "
+                f"{mem.weights_gb:.3g}); the limit is {found.limit_gb:.3g} GB (MEMORY_LIMIT_GB). Use streaming "
                 "analysis with a smaller window_size, keep fewer attention maps (layers, heads, patterns=false), "
                 "or drop methods",
                 field="text",
@@ -491,14 +497,17 @@ class Analyzer:
         Returns the document-level result: per-token fields stitched onto the
         document's tokens (``stitch_rule`` says how), and with ``keep_windows`` every
         window's full result. Without ``use_chunking`` the text must fit in one pass.
+        A ``max_length`` above what the model and MAX_SEQUENCE_LENGTH allow is clamped
+        to that limit; ``window_size`` and ``notes`` in the result say so.
         """
-        stream = self.analyze_document_streaming(
-            text, methods, params, window_size=max_length, stride=stride or max(1, max_length // 2),
-            model=model, progress=progress,
+        stream = DocumentStream(
+            self, text, methods, params, window_size=max_length, stride=stride,
+            model=model, progress=progress, clamp_window=True,
         )
         if not use_chunking and len(stream) > 1:
             raise TextTooLongError(
-                f"text is {len(stream.ids)} tokens long and use_chunking is off; max_length is {max_length}",
+                f"text is {len(stream.ids)} tokens long and use_chunking is off; the window is "
+                f"{stream.window_size} tokens (max_length {max_length})",
                 field="text",
             )
         return collect_document(stream, keep_windows=keep_windows)
@@ -535,16 +544,32 @@ class Analyzer:
 
     def visualize(
         self,
-        result: AnalysisResult,
-        method: str,
+        result: AnalysisResult | Result,
+        method: str | None = None,
         save_path: str | None = None,
         **options: Any,
     ) -> Any:
         """Draw ``result.methods[method]`` with the panel its plugin registered.
 
-        Returns the Bokeh layout; with ``save_path`` the panel also writes it
-        (``.html``: interactive Bokeh document, ``.png``: static image).
+        ``result`` is the whole analysis, or one method's result (``result["attention"]``;
+        ``method`` then defaults to its kind). Returns the Bokeh layout; with ``save_path``
+        the panel also writes it (``.html``: a standalone page with BokehJS inlined, so it
+        opens offline; ``.png``: static image).
         """
+        if isinstance(result, Result):
+            kind = type(result).__struct_config__.tag
+            method = method or (kind if isinstance(kind, str) else None)
+            owner = wire.owner_of(result)
+            if owner is None:
+                owner = wire.detached_analysis(result, method or "result")
+            result = owner
+        if not isinstance(result, AnalysisResult):
+            raise InvalidParamsError(
+                f"visualize takes an analysis result or one method's result, not {type(result).__name__}",
+                field="result",
+            )
+        if method is None:
+            raise InvalidParamsError("name the method to draw", field="method")
         if method not in result.methods:
             raise InvalidParamsError(
                 f"the result has no {method!r} analysis; it has: {', '.join(result.methods)}",
@@ -556,9 +581,20 @@ class Analyzer:
         return panel(result, save_path=save_path, **options)
 
     def visualize_attention(
-        self, result: AnalysisResult, layer: int = 0, head: int = 0, save_path: str | None = None
+        self, result: AnalysisResult | Result, layer: int = 0, head: int = 0, save_path: str | None = None
     ) -> Any:
-        """The attention pattern of one head as an interactive heatmap."""
+        """The attention pattern of one head as an interactive heatmap.
+
+        ``result`` is the analysis or its attention result (``results["attention"]``). A
+        convenience over ``visualize``; it needs the attention plugin (lmlens-attention).
+        """
+        if "attention" not in self.plugins.methods:
+            installed = ", ".join(sorted(self.plugins.methods)) or "none"
+            raise UnknownMethodError(
+                "visualize_attention needs the attention plugin: pip install lmlens-attention "
+                f"(installed methods: {installed})",
+                field="methods",
+            )
         return self.visualize(result, "attention", save_path=save_path, layer=layer, head=head)
 
     def cache_key(

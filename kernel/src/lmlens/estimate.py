@@ -16,6 +16,7 @@ import msgspec
 from lmlens.capture import Need
 from lmlens.method import Method
 from lmlens.models import ModelInfo
+from lmlens.wire import FieldAccess
 
 GB = 1024**3
 DEFAULT_FLOPS_PER_SECOND = 2.0e10  # two CPU cores in float32; replaced by measured throughput
@@ -30,7 +31,7 @@ MLP_COPIES = 4
 RESID_COPIES = 8
 
 
-class MemoryBreakdown(msgspec.Struct, frozen=True, kw_only=True):
+class MemoryBreakdown(FieldAccess, msgspec.Struct, frozen=True, kw_only=True):
     weights_gb: float
     activations_gb: float
     attention_gb: float
@@ -38,8 +39,11 @@ class MemoryBreakdown(msgspec.Struct, frozen=True, kw_only=True):
     total_gb: float
 
 
-class ProcessingEstimate(msgspec.Struct, frozen=True, kw_only=True):
-    """What an analysis will cost, before it runs."""
+class ProcessingEstimate(FieldAccess, msgspec.Struct, frozen=True, kw_only=True):
+    """What an analysis will cost, before it runs.
+
+    Read as attributes or keys: ``found["memory_estimate_gb"]["total_gb"]``.
+    """
 
     n_tokens: int
     window_size: int  # tokens per forward pass (== n_tokens when not chunked)

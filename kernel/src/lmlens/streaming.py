@@ -43,10 +43,14 @@ class DocumentStream:
         params: Mapping[str, Any] | None,
         *,
         window_size: int,
-        stride: int,
+        stride: int | None,
         model: str | None,
         progress: Progress | None,
+        clamp_window: bool = False,
     ) -> None:
+        """``stride=None``: half the window. ``clamp_window``: a ``window_size`` above what the
+        model and MAX_SEQUENCE_LENGTH allow shrinks to the limit (said in ``notes``) instead
+        of being refused; ``analyze_efficient``'s ``max_length`` is such a request."""
         self.analyzer = analyzer
         # the cheap checks first, so a bad request never loads a model
         analyzer.check_text(document, limit=analyzer.settings.max_document_chars)
@@ -55,6 +59,23 @@ class DocumentStream:
         self.prefix, self.suffix = special_tokens(loaded.tokenizer)
         n_special = len(self.prefix) + len(self.suffix)
         limit = analyzer.token_limit(loaded)
+        self.notes: list[str] = []
+        self.requested_window_size = window_size
+        if window_size + n_special > limit and clamp_window and limit - n_special >= 1:
+            clamped = limit - n_special
+            self.notes.append(
+                f"max_length {window_size} clamped to {clamped} tokens per window: the limit for "
+                f"{loaded.name} is {limit} tokens (MAX_SEQUENCE_LENGTH "
+                f"{analyzer.settings.max_sequence_length}, the model's {loaded.info.max_positions or 'unbounded'} "
+                f"positions), {n_special} of them special tokens"
+            )
+            if stride is not None and stride > clamped:
+                self.notes.append(f"stride {stride} clamped to the window, {clamped}")
+                stride = clamped
+            window_size = clamped
+        if stride is None:
+            stride = max(1, window_size // 2)
+        self.window_size, self.stride = window_size, stride
         if window_size + n_special > limit:
             raise InvalidParamsError(
                 f"window_size {window_size} (+{n_special} special tokens) exceeds the limit of "
@@ -141,4 +162,8 @@ def collect_document(stream: DocumentStream, *, keep_windows: bool = False) -> D
         stitch_rule=RULE_CAUSAL if causal else RULE_ENCODER,
         per_token=per_token,
         window_results=per_window if keep_windows else None,
+        window_size=stream.window_size,
+        stride=stream.stride,
+        requested_window_size=stream.requested_window_size,
+        notes=list(stream.notes),
     )
