@@ -224,3 +224,23 @@ def test_panels_render(trained: dict[str, Any], sae_analyzer: Callable[..., Any]
     assert "feature 3" in (tmp_path / "card.html").read_text()
     assert (tmp_path / "strip.html").stat().st_size > 1000
     torch.manual_seed(0)
+
+
+def test_attention_heads_point_trains_splices_and_keeps_its_saelens_name(sae_analyzer: Callable[..., Any],
+                                                                         tmp_path: Any) -> None:
+    from lmlens_sae.saelens_store import import_into_store
+
+    analyzer = sae_analyzer("llama")
+    summary = run_training(analyzer, small_params(name="heads", point="blocks.0.attn.heads", tokens=3000,
+                                                  evaluate_ce=True))
+    assert summary["metrics"]["eval_ce_tokens"] > 0 and summary["metrics"]["eval_explained_variance"] > 0
+    artifact = analyzer.load_artifact("sae", "heads")
+    assert artifact.config["hook_name"] == "blocks.0.attn.hook_z" and artifact.config["d_in"] == 64
+    result = analyzer.analyze("The dog waited.", methods=["sae_features"], params={"sae_features": {"sae": "heads"}})
+    assert result.methods["sae_features"].point == "blocks.0.attn.heads"
+    from lmlens_sae.record import SAERecord
+    from lmlens_sae.saelens import export_saelens
+
+    export_saelens(SAERecord.from_artifact(artifact).sae, tmp_path, hook_name="blocks.0.attn.hook_z", model_name="m")
+    info = import_into_store(analyzer, tmp_path, name="heads-back")
+    assert info.points == ["blocks.0.attn.heads"]

@@ -29,12 +29,13 @@ try:  # kernel v2 exports run_forward at the top level
 except ImportError:  # pragma: no cover - kernel v1
     from lmlens.forward import run_forward
 
-VECTOR_POINTS = ("embed", "resid_pre", "attn.out", "mlp.out", "resid_post", "final")
-_SAELENS = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+VECTOR_POINTS = ("embed", "resid_pre", "attn.heads", "attn.out", "mlp.out", "resid_post", "final")
+_SAELENS = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_post|attn_out|mlp_out)|attn\.hook_(z))$")
 
 
 def valid_points(loaded: LoadedModel) -> list[str]:
-    """Hook points with one d_model vector per token (what an SAE reads)."""
+    """Hook points with one vector per token (what an SAE reads); ``attn.heads`` is read with its
+    heads concatenated ([pos, head * d_head])."""
     return [p for p in point_names(loaded.info.n_layers)
             if p in ("embed", "final") or p.split(".", 2)[-1] in VECTOR_POINTS]
 
@@ -50,7 +51,8 @@ def resolve_point(loaded: LoadedModel, point: str | None, layer: int | None = No
         return f"blocks.{layer % n}.resid_post"
     match = _SAELENS.match(point)
     if match:
-        kind = {"attn_out": "attn.out", "mlp_out": "mlp.out"}.get(match.group(2), match.group(2))
+        name = match.group(2) or "z"
+        kind = {"attn_out": "attn.out", "mlp_out": "mlp.out", "z": "attn.heads"}.get(name, name)
         point = f"blocks.{match.group(1)}.{kind}"
     valid = valid_points(loaded)
     if point not in valid:
@@ -61,9 +63,23 @@ def resolve_point(loaded: LoadedModel, point: str | None, layer: int | None = No
     return point
 
 
+def flat(acts: torch.Tensor) -> torch.Tensor:
+    """[batch, pos, head, d_head] -> [batch, pos, head * d_head]; other points pass through."""
+    return acts.flatten(2) if acts.dim() == 4 else acts
+
+
+def point_width(loaded: LoadedModel, point: str) -> int:
+    """The vector width an SAE at ``point`` reads."""
+    if point.endswith(".attn.heads"):
+        return loaded.info.n_heads * loaded.info.d_head
+    return loaded.info.d_model
+
+
 def saelens_hook_name(point: str) -> str:
     """``blocks.15.resid_post`` -> ``blocks.15.hook_resid_post`` (SAELens / TransformerLens)."""
     parts = point.split(".")
+    if point.endswith(".attn.heads"):  # TransformerLens's z, heads concatenated
+        return f"blocks.{parts[1]}.attn.hook_z"
     if len(parts) >= 3 and parts[0] == "blocks":
         return f"blocks.{parts[1]}.hook_{'_'.join(parts[2:])}"  # attn.out -> hook_attn_out
     return {"embed": "hook_embed", "final": "ln_final.hook_normalized"}.get(point, point)
@@ -131,7 +147,7 @@ def stream_activations(
             ids[row, : len(window)] = torch.tensor(window)
             mask[row, : len(window)] = 1
         out = run_forward(loaded, [Need(point)], input_ids=ids, attention_mask=mask)
-        acts = out[point].float()  # [batch, pos, d]
+        acts = flat(out[point]).float()  # [batch, pos, d]
         keep = mask.bool().to(acts.device)
         keep[:, 0] = False
         if special.numel():

@@ -26,6 +26,7 @@ from lmlens_sae.activations import (
     check_corpus,
     epoch_order,
     make_windows,
+    point_width,
     resolve_point,
     stream_activations,
 )
@@ -75,7 +76,7 @@ def _batches_from(
     where: dict[str, int],
 ) -> Iterator[torch.Tensor]:
     """Batches over as many epochs as the token budget needs; ``where`` tracks the position."""
-    d_in = loaded.info.d_model
+    d_in = point_width(loaded, point)
     while True:
         order = epoch_order(len(windows), epoch, cfg.seed)
         buffer = ShuffledBuffer(d_in, budget_bytes=budget_bytes, batch_size=cfg.batch_size,
@@ -118,7 +119,7 @@ def fit(
     if n_epochs is not None:
         cfg.total_tokens = max(1, int(n_epochs) * train_windows.usable)
     check_corpus(train_windows, cfg.total_tokens if n_epochs is None else 1)
-    d_in = loaded.info.d_model
+    d_in = point_width(loaded, point)
     trainer = Trainer(cfg, d_in)
     where = {"epoch": 0, "window": 0, "buffer_bytes": 0}
     resumed = 0

@@ -26,7 +26,7 @@ import torch
 from lmlens import InvalidParamsError, Method, Need, Plan, Result, Trace, run_forward
 from lmlens.wire import Float32Array
 from lmlens_sae import __version__
-from lmlens_sae.activations import make_windows, stream_activations
+from lmlens_sae.activations import flat, make_windows, stream_activations
 from lmlens_sae.record import KIND, SAERecord
 
 Int32Array = npt.NDArray[np.int32]
@@ -146,9 +146,9 @@ def _features_plan(info: Any, params: SAEFeaturesParams) -> Plan:
 def point_activations(trace: Trace, point: str) -> torch.Tensor:
     """[pos, d] at ``point`` for the analysed text (the shared pass's, or a stopped-early one)."""
     if point in trace.activations:
-        return trace.activations[point][0].float()
+        return flat(trace.activations[point])[0].float()
     out = run_forward(trace.model, [Need(point)], input_ids=trace.input_ids)
-    return out[point][0].float()
+    return flat(out[point])[0].float()
 
 
 def _run_features(trace: Trace, params: SAEFeaturesParams, result: type[SAEFeaturesResult]) -> SAEFeaturesResult:

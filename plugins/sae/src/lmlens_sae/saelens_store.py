@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlens import ArtifactInfo, InvalidParamsError, data_provenance, model_fingerprint
-from lmlens_sae.activations import resolve_point
+from lmlens_sae.activations import point_width, resolve_point
 from lmlens_sae.errors import InvalidSAEError
 from lmlens_sae.record import SAERecord
 from lmlens_sae.saelens import import_saelens
@@ -24,10 +24,10 @@ def import_into_store(analyzer: Any, directory: str | Path, *, model: str | None
     loaded = analyzer.load_model(model)
     hook_name = str(cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name"))
     point = resolve_point(loaded, hook_name)
-    if sae.d_in != loaded.info.d_model:
-        raise InvalidSAEError(
-            f"d_in={sae.d_in} does not match {loaded.name}'s width {loaded.info.d_model}", field="d_in"
-        )
+    width = point_width(loaded, point)
+    if sae.d_in != width:
+        raise InvalidSAEError(f"d_in={sae.d_in} does not match the width {width} of {loaded.name} at {point}",
+                              field="d_in")
     name = name or re.sub(r"[^A-Za-z0-9._-]", "_", f"{loaded.name}-{point}-imported-{Path(directory).name}")[:128]
     if not name[0].isalnum():
         raise InvalidParamsError(f"name {name!r} must start with a letter or digit", field="name")

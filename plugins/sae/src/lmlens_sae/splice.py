@@ -53,12 +53,15 @@ def ce_recovered(
         ids, mask, splice = _batch(loaded, windows[start:start + batch_windows])
 
         def replace(act: torch.Tensor, ctx: PatchContext, *, splice: torch.Tensor = splice) -> torch.Tensor:
+            shape = act.shape  # [batch, pos, d] or [batch, pos, head, d_head]
+            flat = act.flatten(2)
             where = splice.to(act.device)[..., None]
-            recon = sae(act.float()).to(act.dtype)
-            return torch.where(where, recon, act)
+            recon = sae(flat.float()).to(act.dtype)
+            return torch.where(where, recon, flat).reshape(shape)
 
         def zero(act: torch.Tensor, ctx: PatchContext, *, splice: torch.Tensor = splice) -> torch.Tensor:
-            return act.masked_fill(splice.to(act.device)[..., None], 0.0)
+            mask = splice.to(act.device).reshape(*splice.shape, *([1] * (act.dim() - 2)))
+            return act.masked_fill(mask, 0.0)
 
         logits = {}
         for name, patches in (("clean", []), ("sae", [Patch(point, replace)]), ("zero", [Patch(point, zero)])):
