@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -203,7 +202,6 @@ def decode_bench(x: torch.Tensor, n: int) -> dict[str, float]:
 
 
 def features_bench(analyzer: Analyzer, n: int) -> dict[str, float]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "plugins" / "attention" / "bench"))
     loaded = analyzer.load_model()
     base = "The river rose through the night, and by morning the lower fields were under water. " * 60
     ids = loaded.tokenizer(base, add_special_tokens=False)["input_ids"][:512]
