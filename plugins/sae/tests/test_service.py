@@ -244,3 +244,10 @@ def test_attention_heads_point_trains_splices_and_keeps_its_saelens_name(sae_ana
     export_saelens(SAERecord.from_artifact(artifact).sae, tmp_path, hook_name="blocks.0.attn.hook_z", model_name="m")
     info = import_into_store(analyzer, tmp_path, name="heads-back")
     assert info.points == ["blocks.0.attn.heads"]
+
+
+def test_the_default_sae_is_the_model_s_own(sae_analyzer: Callable[..., Any]) -> None:
+    for family in ("llama", "gpt2"):
+        result = sae_analyzer(family).analyze("The seed's example text.", methods=["sae"])
+        assert result.methods["sae"].sae == f"tiny-{family}-res1-topk"
+        assert result["sae"] is result.methods["sae"]  # the seed's mapping access

@@ -86,15 +86,18 @@ def add_commands(cli: click.Group) -> None:
     def export(args: tuple[str, ...], model: str | None) -> None:
         """export [NAME] DIR: write an SAE in SAELens format (NAME: default SAE of the model)."""
         from lmlens.errors import LmlensError
-        from lmlens_sae.methods import DEFAULT_SAE
+        from lmlens_sae.methods import default_sae
         from lmlens_sae.record import KIND, SAERecord
         from lmlens_sae.saelens import export_saelens
 
         if len(args) > 2:
             raise click.UsageError("export takes [NAME] DIR")
-        name, directory = (args[0], args[1]) if len(args) == 2 else (DEFAULT_SAE, args[0])
         try:
             analyzer = _analyzer(model)
+            if len(args) == 2:
+                name, directory = args
+            else:
+                name, directory = default_sae(analyzer.load_model().name), args[0]
             record = SAERecord.from_artifact(analyzer.artifact_store.load(KIND, name))
             from lmlens_sae.activations import saelens_hook_name
 

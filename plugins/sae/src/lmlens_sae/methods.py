@@ -31,6 +31,13 @@ from lmlens_sae.record import KIND, SAERecord
 
 Int32Array = npt.NDArray[np.int32]
 DEFAULT_SAE = "smollm2-135m-res15-topk"
+# the SAE a request uses when it names none, per model (all ship in this plugin's wheel)
+DEFAULTS = {
+    "smollm2-135m": DEFAULT_SAE,
+    "tiny-gpt2": "tiny-gpt2-res1-topk",
+    "tiny-llama": "tiny-llama-res1-topk",
+    "tiny-bert": "tiny-bert-res1-topk",
+}
 
 
 class SAEFeaturesParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -103,12 +110,28 @@ class SAEFeatureResult(Result, frozen=True, kw_only=True, tag="sae_feature"):
     activations: Float32Array  # [pos]: this feature on the analysed text
 
 
-def _sae_name(params: Any) -> str:
-    return params.sae or DEFAULT_SAE
+def default_sae(model_name: str) -> str:
+    """The shipped SAE for a model; ``artifact_not_found`` naming the way out when there is none."""
+    from lmlens import ArtifactNotFoundError
+
+    name = DEFAULTS.get(model_name)
+    if name is None:
+        raise ArtifactNotFoundError(
+            f"no default SAE ships for {model_name}; train one (analyzer.train_sae(...), `lmlens sae train`, "
+            "the job sae.train) or import one (`lmlens sae import`), then pass params {'sae': NAME}",
+            field="sae",
+        )
+    return name
+
+
+def _sae_name(params: Any, trace: Trace) -> str:
+    return params.sae or default_sae(trace.model.name)
 
 
 def _artifacts(params: Any) -> list[tuple[str, str]]:
-    return [(KIND, _sae_name(params))]
+    # a named SAE is checked by the kernel before any work (and its hash keys the cache); the
+    # default depends on the model, which params do not know: it is resolved (and checked) in run
+    return [(KIND, params.sae)] if params.sae else []
 
 
 _records: OrderedDict[str, SAERecord] = OrderedDict()
@@ -152,7 +175,7 @@ def point_activations(trace: Trace, point: str) -> torch.Tensor:
 
 
 def _run_features(trace: Trace, params: SAEFeaturesParams, result: type[SAEFeaturesResult]) -> SAEFeaturesResult:
-    record = load_record(trace, _sae_name(params))
+    record = load_record(trace, _sae_name(params, trace))
     sae = record.sae
     x = point_activations(trace, record.point)
     with torch.no_grad():
@@ -305,7 +328,7 @@ def logit_lens(loaded: Any, direction: torch.Tensor, n: int) -> tuple[list[Token
 
 
 def _run_feature(trace: Trace, params: SAEFeatureParams) -> SAEFeatureResult:
-    record = load_record(trace, _sae_name(params))
+    record = load_record(trace, _sae_name(params, trace))
     sae = record.sae
     if params.feature >= sae.d_sae:
         raise InvalidParamsError(f"feature {params.feature} does not exist: {record.name} has {sae.d_sae} features "
