@@ -142,7 +142,8 @@ SAELENS_SCRIPT = textwrap.dedent("""
         batch = x[(i * B) %% (len(x) - B):][:B]
         t = time.perf_counter()
         out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients={},
-                                                       dead_neuron_mask=None, n_training_steps=i))
+                                                       dead_neuron_mask=None, n_training_steps=i,
+                                                       is_logging_step=False))
         opt.zero_grad(); out.loss.backward(); opt.step()
         if i:
             times.append(time.perf_counter() - t)
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3 * BATCH)
     parser.add_argument("--saelens", default=None, help="a python that has sae_lens installed")
     parser.add_argument("--skip-features", action="store_true")
+    parser.add_argument("--topk-only", action="store_true", help="only TopK training throughput (and SAELens)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -248,27 +250,35 @@ def main() -> None:
         "plain pytorch topk": plain_step_fn(x, relu=False),
         "lmlens topk (dense decode)": lmlens_step_fn(x, "topk", sparse=False),
     }, x, args.steps)
-    per_step.update(measure({
-        "lmlens relu": lmlens_step_fn(x, "relu"),
-        "plain pytorch relu": plain_step_fn(x, relu=True),
-        "lmlens batchtopk": lmlens_step_fn(x, "batchtopk"),
-    }, x, args.steps))
+    if not args.topk_only:
+        per_step.update(measure({
+            "lmlens relu": lmlens_step_fn(x, "relu"),
+            "plain pytorch relu": plain_step_fn(x, relu=True),
+            "lmlens batchtopk": lmlens_step_fn(x, "batchtopk"),
+        }, x, args.steps))
     print("\n1. training throughput (tokens/s, median step, batch 4096, 576 -> 4608)")
     for name, seconds in per_step.items():
         print(f"  {name:28s} {BATCH / seconds:8.0f} tok/s  ({seconds * 1000:.0f} ms/step)")
-    print(f"  topk: lmlens / plain = {per_step['plain pytorch topk'] / per_step['lmlens topk (sparse)']:.2f}x; "
-          f"relu: {per_step['plain pytorch relu'] / per_step['lmlens relu']:.2f}x")
+    print(f"  topk: lmlens / plain = {per_step['plain pytorch topk'] / per_step['lmlens topk (sparse)']:.2f}x")
+    if "lmlens relu" in per_step:
+        print(f"  relu: lmlens / plain = {per_step['plain pytorch relu'] / per_step['lmlens relu']:.2f}x")
     if args.saelens:
         found = saelens_throughput(args.saelens, x, args.steps, args.threads)
         if "seconds_per_step" in found:
             s = float(found["seconds_per_step"])  # type: ignore[arg-type]
-            print(f"  SAELens {found['version']} topk        {BATCH / s:8.0f} tok/s; lmlens / SAELens = "
-                  f"{s / per_step['lmlens topk (sparse)']:.2f}x")
+            # SAELens runs in its own process after ours: bracket it with a second lmlens measurement
+            again = measure({"lmlens topk (sparse)": lmlens_step_fn(x, "topk")}, x, args.steps)
+            ours = statistics.median([per_step["lmlens topk (sparse)"], again["lmlens topk (sparse)"]])
+            print(f"  SAELens {found['version']} topk        {BATCH / s:8.0f} tok/s  ({s * 1000:.0f} ms/step); "
+                  f"lmlens topk again {BATCH / again['lmlens topk (sparse)']:.0f} tok/s; "
+                  f"lmlens / SAELens = {s / ours:.2f}x")
         else:
             print(f"  SAELens: {found}")
     else:
         print("  SAELens: not measured (pass --saelens PYTHON with sae_lens installed)")
 
+    if args.topk_only:
+        return
     dec = decode_bench(x, max(3, args.steps))
     print("\n2. TopK decode, batch 4096, k=32 (ms, median)")
     for name, seconds in dec.items():
