@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python plugins/sae/bench/bench_sae.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
+	$(BIN)/python plugins/failure/bench/bench_failure.py
 
 clean:
 	rm -rf $(VENV) .tox out
