@@ -44,9 +44,10 @@ def test_each_architecture_trains_and_reduces_loss(arch: str) -> None:
         assert 2 <= float((f > 0).float().sum(1).mean()) <= 18
 
 
-def test_sparse_topk_gradients_equal_the_dense_ones() -> None:
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_gradients_equal_the_dense_ones(arch: str) -> None:
     torch.manual_seed(0)
-    cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture="topk", k=5, apply_b_dec_to_input=True)
+    cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=arch, k=5, apply_b_dec_to_input=True)
     x = synthetic(64, 3)
     b_dec, b_enc = torch.randn(D_IN) * 0.1, torch.randn(D_SAE) * 0.1
     grads = {}
@@ -57,6 +58,9 @@ def test_sparse_topk_gradients_equal_the_dense_ones() -> None:
             sae.b_enc.copy_(b_enc)
         sae.sparse_decode = sparse
         out = sae.train_forward(x)
+        if arch == "batchtopk":  # BatchTopK: variable counts per row, k * N in all
+            active = out["values"] > 0 if sparse else out["acts"] > 0
+            assert int(active.sum()) == 5 * x.shape[0]
         (x - out["recon"]).pow(2).sum().backward()
         grads[sparse] = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for name in grads[True]:

@@ -111,7 +111,7 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.register_buffer("threshold", torch.zeros(cfg.d_sae))
         self.register_buffer("scale", torch.ones(()))
-        self.sparse_decode = cfg.architecture in ("topk",)
+        self.sparse_decode = cfg.architecture in ("topk", "batchtopk")
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -178,13 +178,20 @@ class SparseAutoencoder(nn.Module):
         path), ``pre`` (pre-activations, no grad), ``idx``/``values`` for TopK.
         """
         arch = self.cfg.architecture
-        if arch == "topk" and self.sparse_decode:
+        if arch in ("topk", "batchtopk") and self.sparse_decode:
+            k = int(self.cfg.k or 0)
             with torch.no_grad():
                 h = x_scaled - self.b_dec if self.cfg.apply_b_dec_to_input else x_scaled
                 pre = torch.addmm(self.b_enc, h, self.W_enc)
-                picked, idx = pre.topk(int(self.cfg.k or 0), dim=-1, sorted=False)
+                if arch == "topk":
+                    picked, idx = pre.topk(k, dim=-1, sorted=False)
+                    keep = None
+                else:
+                    picked, idx, keep = _batch_topk_candidates(pre, k)
             b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else self.b_dec.detach()
             values = F.relu(_SparseEncoderGrad.apply(h, self.W_enc, self.b_enc, b_dec, picked, idx))
+            if keep is not None:
+                values = values * keep
             recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
             return {"recon": recon, "pre": pre, "idx": idx, "values": values}
         pre = self.pre_acts(x_scaled)
@@ -229,6 +236,29 @@ class SparseAutoencoder(nn.Module):
             if "scale" in tensors:
                 sae.scale.copy_(torch.as_tensor(tensors["scale"], dtype=torch.float32).reshape(()))
         return sae
+
+
+@torch.no_grad()
+def _batch_topk_candidates(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK's choice (the k * N largest ReLU pre-activations of the batch) as per-row candidates.
+
+    Each row's top ``m = 4k`` pre-activations are the candidates; the global top k * N among them is
+    exact unless some row has all m candidates chosen (it might have more), and then the whole
+    batch is ranked instead. Returns (values [N, m], indices [N, m], chosen mask [N, m] as 0/1).
+    """
+    n, d_sae = pre.shape
+    acts = F.relu(pre)
+    n_keep = min(k * n, acts.numel())
+    m = min(d_sae, 4 * k)
+    while True:
+        values, idx = acts.topk(m, dim=-1, sorted=False)
+        flat = values.reshape(-1)
+        chosen = torch.zeros_like(flat)
+        chosen[flat.topk(n_keep, sorted=False).indices] = 1.0
+        chosen = chosen.reshape(n, m)
+        if m == d_sae or not bool((chosen.sum(-1) == m).any()):
+            return values, idx, chosen * (values > 0)
+        m = min(d_sae, 4 * m)
 
 
 @torch.no_grad()

@@ -220,7 +220,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_threshold(self, out: dict[str, torch.Tensor]) -> None:
-        acts = out["acts"].detach()
+        acts = out["values"].detach() if "values" in out else out["acts"].detach()
         positive = acts[acts > 0]
         if positive.numel() == 0:
             return
