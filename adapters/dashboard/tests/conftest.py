@@ -3,7 +3,7 @@
 One Bokeh server in a thread serves three pages:
   /          in process, plugins attention + surprisal (the template plugin)
   /attention in process, plugin attention only (LMLENS_LOAD_PLUGINS=attention)
-  /api       a client of the HTTP service (uvicorn in a thread, tiny models, 32 tokens at most)
+  /api       a client of the HTTP service (uvicorn in a thread, tiny models, 64 tokens at most)
 Screenshots go to out/screenshots/ at the repository root.
 """
 
@@ -77,7 +77,7 @@ def api_server(full_host: PluginHost) -> Iterator[Any]:
 
     with load_plugins("attention,surprisal,http"):
         host = PluginHost()
-    with running_api(create_app(tiny_config(max_sequence_length=32), host=host)) as server:
+    with running_api(create_app(tiny_config(max_sequence_length=64), host=host)) as server:
         yield server
 
 

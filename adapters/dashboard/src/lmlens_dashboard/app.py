@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import bokeh.plotting  # noqa: F401  # loaded with the page, not on the first drawing
+from bokeh.core.validation import silence
+from bokeh.core.validation.warnings import EMPTY_LAYOUT
 from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import Button, CheckboxGroup, CustomJS, Div, Select, TextAreaInput
@@ -29,6 +31,7 @@ from lmlens_dashboard import contract
 from lmlens_dashboard.backend import Backend, Catalogue, ConnectionLost, ServiceError
 
 log = logging.getLogger("lmlens_dashboard")
+silence(EMPTY_LAYOUT, True)  # sections and panel holders start empty and fill as results arrive
 
 ERROR_STYLE = {"color": "#b00020", "font-size": "13px"}
 DETAIL_CACHE_SIZE = 16  # (side, method, params) results kept per session: one head each for attention

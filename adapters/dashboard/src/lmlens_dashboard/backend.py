@@ -141,7 +141,8 @@ class ApiBackend:
     @staticmethod
     def _error(response: httpx.Response) -> ServiceError:
         try:
-            body = msgspec.json.decode(response.content)
+            msgpack = "msgpack" in response.headers.get("content-type", "")
+            body = (msgspec.msgpack if msgpack else msgspec.json).decode(response.content)
             return ServiceError(str(body["code"]), str(body["message"]), body.get("field"))
         except Exception:
             return ServiceError(f"http_{response.status_code}", response.text[:300] or response.reason_phrase)
@@ -179,4 +180,4 @@ class ApiBackend:
         try:
             return wire.from_msgpack(response.content, wire.result_type(classes))
         except msgspec.DecodeError as exc:
-            raise ServiceError("bad_response", f"the API answered something this dashboard cannot read: {exc}") from None
+            raise ServiceError("bad_response", f"the API answered what this dashboard cannot read: {exc}") from None

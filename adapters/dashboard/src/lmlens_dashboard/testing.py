@@ -111,6 +111,13 @@ def prop(driver: Any, name: str, attribute: str) -> Any:
                                  name, attribute)
 
 
+def children(driver: Any, name: str) -> list[str] | None:
+    """The model types of a layout's children (None while the layout does not exist)."""
+    result: list[str] | None = driver.execute_script(
+        MODEL + "const m = model(arguments[0]); return m ? m.children.map(c => c.type) : null;", name)
+    return result
+
+
 def image(driver: Any, holder: str, values: bool = False) -> dict[str, Any] | None:
     result: dict[str, Any] | None = driver.execute_script(IMAGE, holder, values)
     return result

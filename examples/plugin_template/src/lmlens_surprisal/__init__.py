@@ -78,7 +78,7 @@ def surprisal_panel(result: Any, *, save_path: str | None = None, unit: str = "b
     labels = [f"{i}: {t.text or t.piece}" for i, t in enumerate(result.tokens)] if hasattr(result, "tokens") else []
     source = ColumnDataSource({"x": list(range(len(values))), "top": np.nan_to_num(values).tolist(),
                                "token": labels or [str(i) for i in range(len(values))]})
-    fig = figure(title=f"surprisal ({unit}); next token {found.next_token!r}", width=720, height=220,
+    fig = figure(title=f"surprisal ({unit}); next token {found.next_token!r}", width=560, height=220,
                  tools="save,reset,xwheel_zoom,xpan", toolbar_location="right")
     fig.vbar(x="x", top="top", width=0.8, source=source, color="#4c72b0")
     fig.add_tools(HoverTool(tooltips=[("token", "@token"), (unit, "@top{0.00}")]))
