@@ -34,7 +34,7 @@ log = logging.getLogger("lmlens_dashboard")
 silence(EMPTY_LAYOUT, True)  # sections and panel holders start empty and fill as results arrive
 
 ERROR_STYLE = {"color": "#b00020", "font-size": "13px"}
-DETAIL_CACHE_SIZE = 16  # (side, method, params) results kept per session: one head each for attention
+DETAIL_CACHE_SIZE = 16  # (text, model, method, params) results kept per session: one head each for attention
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Section:
     controls: Any
     holders: list[Any]
     error: Div
+    row: Any = None
+    selects: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, list[Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     stamp: int = 0
@@ -78,10 +80,11 @@ class Page:
         self.request: Request | None = None
         self.overviews: list[AnalysisResult] = []
         self.sections: dict[str, Section] = {}
-        self.detail_cache: OrderedDict[tuple[int, str, str], AnalysisResult] = OrderedDict()
+        self.detail_cache: OrderedDict[tuple[str, str, str, str], AnalysisResult] = OrderedDict()
         self.generation = 0
         self.lock = threading.Lock()
         self.retry_action: Callable[[], None] | None = None
+        self.quiet = False
 
         self.text = TextAreaInput(title="Text", rows=5, width=720, name="text", css_classes=["lmlens-text"],
                                   placeholder="Type or paste a text")
@@ -296,7 +299,7 @@ class Page:
         return drawings
 
     def _detail(self, side: int, method: str, request: Request, params: dict[str, Any]) -> AnalysisResult:
-        key = (side, method, json.dumps(params, sort_keys=True))
+        key = (request.texts[side], request.model, method, json.dumps(params, sort_keys=True))
         with self.lock:
             hit = self.detail_cache.get(key)
             if hit is not None:
@@ -328,14 +331,10 @@ class Page:
             return
         self.request = request
         self.overviews = overviews
-        with self.lock:
-            self.detail_cache.clear()
         sections = []
-        self.sections = {}
         for method in request.methods:
             choices, options = plans[method]
             section = self._section(method, choices, options, len(overviews))
-            self.sections[method] = section
             self._place(section, drawings[method])
             sections.append(section.root)
         self.panels.children = sections
@@ -346,26 +345,41 @@ class Page:
         self.share.tags = [request.query()]
 
     def _section(self, method: str, choices: dict[str, list[Any]], options: dict[str, Any], sides: int) -> Section:
-        title = Div(text=f"<h3 style='margin:8px 0 2px 0'>{html.escape(method)}</h3>")
-        error = self._error_div(f"error-section-{method}")
-        holders = [column(name=f"panel-{method}-{side}", css_classes=[f"lmlens-panel-{method}-{side}"])
-                   for side in range(sides)]
-        selects = []
-        section = Section(method=method, root=None, controls=None, holders=holders, error=error,
-                          choices=choices, options=dict(options))
-        for name, values in choices.items():
-            select = Select(title=name, value=str(options[name]), options=[str(v) for v in values], width=130,
-                            name=f"control-{method}-{name}", css_classes=[f"lmlens-control-{method}-{name}"])
-            select.on_change("value", lambda _attr, _old, new, name=name: self._changed(section, name, new))
-            selects.append(select)
-        section.controls = row(*selects)
-        section.root = column(title, section.controls, error, row(*holders), name=f"section-{method}",
-                              css_classes=[f"lmlens-section-{method}"])
+        """The method's section, made once per page and reused (models keep their names and ids)."""
+        section = self.sections.get(method)
+        if section is None:
+            title = Div(text=f"<h3 style='margin:8px 0 2px 0'>{html.escape(method)}</h3>")
+            section = Section(method=method, root=None, controls=row(), holders=[],
+                              error=self._error_div(f"error-section-{method}"))
+            section.row = row()
+            section.root = column(title, section.controls, section.error, section.row, name=f"section-{method}",
+                                  css_classes=[f"lmlens-section-{method}"])
+            self.sections[method] = section
+        while len(section.holders) < sides:
+            side = len(section.holders)
+            section.holders.append(column(name=f"panel-{method}-{side}", css_classes=[f"lmlens-panel-{method}-{side}"]))
+        section.row.children = section.holders[:sides]
+        section.stamp += 1  # a redraw still on its way belongs to the previous analysis
+        section.choices, section.options = choices, dict(options)
+        self.quiet = True  # setting values from here is not the user choosing
+        try:
+            for name, values in choices.items():
+                select = section.selects.get(name)
+                if select is None:
+                    select = Select(title=name, width=130, name=f"control-{method}-{name}",
+                                    css_classes=[f"lmlens-control-{method}-{name}"])
+                    select.on_change("value", lambda _a, _o, new, name=name: self._changed(section, name, new))
+                    section.selects[name] = select
+                select.options = [str(v) for v in values]
+                select.value = str(options[name])
+            section.controls.children = [section.selects[name] for name in choices]
+        finally:
+            self.quiet = False
         return section
 
     def _place(self, section: Section, drawings: Sequence[Any]) -> None:
         messages = []
-        for holder, drawing in zip(section.holders, drawings, strict=True):
+        for holder, drawing in zip(section.holders, drawings, strict=False):
             if isinstance(drawing, str):
                 messages.append(drawing)
                 holder.children = []
@@ -377,6 +391,8 @@ class Page:
     # --- selectors ----------------------------------------------------------------------
 
     def _changed(self, section: Section, name: str, new: str) -> None:
+        if self.quiet:
+            return
         values = section.choices.get(name, [])
         picked = next((v for v in values if str(v) == new), None)
         if picked is None or self.request is None:

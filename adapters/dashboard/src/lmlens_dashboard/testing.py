@@ -64,7 +64,7 @@ for (const root of Object.values(Bokeh.index)) {
 }
 let checksum = 0;
 for (let i = 0; i < img.length; i++) { checksum += img[i] * ((i % 97) + 1); }
-return {shape: Array.from(img.shape), checksum: checksum, title: fig.title ? fig.title.text : null,
+return {id: fig.id, shape: Array.from(img.shape), checksum: checksum, title: fig.title ? fig.title.text : null,
         values: arguments[1] ? Array.from(img) : null, painted: painted};
 """
 
