@@ -92,6 +92,7 @@ def dash(full_host: PluginHost, attention_host: PluginHost, api_server: Any) -> 
         getattr(backend, "warm", lambda: None)()  # model loading is not what the browser tests time
     with running(backends) as server:
         yield server
+    backends["/api"].close()
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ def test_api_mode_draws_and_shows_the_services_error(driver: Any, dash: Any, ref
     screenshot(driver, None, SCREENSHOTS / "05-api-error.png")
 
 
-def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_host: Any) -> None:
+def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_host: Any, request: Any) -> None:
     import lmlens_http.testing
     from lmlens_dashboard.backend import ApiBackend
     from lmlens_dashboard.server import running
@@ -128,7 +128,9 @@ def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_
 
     service = running_api(create_app(tiny_config(), host=full_host))
     port = service.__enter__().port
-    with running({"/": ApiBackend(f"http://127.0.0.1:{port}", host=full_host)}) as page:
+    client = ApiBackend(f"http://127.0.0.1:{port}", host=full_host)
+    request.addfinalizer(client.close)
+    with running({"/": client}) as page:
         open_page(driver, page.url + "/")
         service.__exit__(None, None, None)  # the service goes away under the open page
         type_text(driver, ".lmlens-text", TEXT)

@@ -129,6 +129,9 @@ class ApiBackend:
         self.panels = self.host.panels
         self.where = f"API {self.url}"
 
+    def close(self) -> None:
+        self.client.close()
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.client.request(method, path, **kwargs)

@@ -16,7 +16,7 @@ from bokeh.embed import file_html
 from bokeh.resources import CDN
 
 from lmlens import AnalysisResult, InvalidParamsError, Result
-from lmlens_attention import pictures
+from lmlens_attention import pictures, static
 from lmlens_attention.methods import (
     AttentionResult,
     HeadImportanceResult,
@@ -25,13 +25,6 @@ from lmlens_attention.methods import (
 )
 
 PictureWriter = Callable[[str], None]
-
-
-def _static() -> Any:
-    """matplotlib loads only when a PNG is asked for (a live page never needs it)."""
-    from lmlens_attention import static
-
-    return static
 
 
 def _result(analysis: AnalysisResult, method: str, kind: type[Result]) -> Any:
@@ -86,7 +79,7 @@ def attention_panel(
             )
         title = f"attention {score}"
         fig = pictures.score_map(values, att.layers, att.heads, title)
-        return _finish(fig, save_path, lambda p: _static().map_png(values, att.layers, att.heads, title, p), title)
+        return _finish(fig, save_path, lambda p: static.map_png(values, att.layers, att.heads, title, p), title)
     if att.patterns is None:
         raise InvalidParamsError("the attention result has no patterns (patterns=False)", field="view")
     li = _position(att.layers, layer, "layer")
@@ -94,13 +87,13 @@ def attention_panel(
         maps = att.patterns[li]  # [head, q, k]
         title = f"attention, layer {layer}"
         grid = pictures.head_grid(maps, result.tokens, att.heads, layer, **options)
-        return _finish(grid, save_path, lambda p: _static().grid_png(maps, att.heads, layer, p), title)
+        return _finish(grid, save_path, lambda p: static.grid_png(maps, att.heads, layer, p), title)
     if view != "pattern":
         raise InvalidParamsError(f"unknown view {view!r}; choose pattern, grid or map", field="view")
     one = att.patterns[li, _position(att.heads, head, "head")]  # [q, k]
     title = f"attention, layer {layer} head {head}"
     fig = pictures.pattern_figure(one, result.tokens, title, **options)
-    return _finish(fig, save_path, lambda p: _static().pattern_png(one, result.tokens, title, p), title)
+    return _finish(fig, save_path, lambda p: static.pattern_png(one, result.tokens, title, p), title)
 
 
 def head_patterns_panel(
@@ -113,7 +106,7 @@ def head_patterns_panel(
     values = hp.scores[hp.categories.index(category)]
     title = f"{category} score"
     fig = pictures.score_map(values, hp.layers, hp.heads, title, low=0.0, high=1.0)
-    return _finish(fig, save_path, lambda p: _static().map_png(values, hp.layers, hp.heads, title, p), title)
+    return _finish(fig, save_path, lambda p: static.map_png(values, hp.layers, hp.heads, title, p), title)
 
 
 def head_importance_panel(
@@ -126,7 +119,7 @@ def head_importance_panel(
         raise InvalidParamsError(f"the result has no {ablation!r} ablation", field="ablation")
     title = f"{ablation} ablation: change of {hi.metric}"
     fig = pictures.score_map(values, hi.layers, hi.heads, title)
-    return _finish(fig, save_path, lambda p: _static().map_png(values, hi.layers, hi.heads, title, p), title)
+    return _finish(fig, save_path, lambda p: static.map_png(values, hi.layers, hi.heads, title, p), title)
 
 
 def rollout_panel(result: AnalysisResult, *, save_path: str | None = None, **options: Any) -> Any:
@@ -135,7 +128,7 @@ def rollout_panel(result: AnalysisResult, *, save_path: str | None = None, **opt
     values = np.asarray(ro.rollout)
     title = f"attention rollout ({ro.head_fusion} of heads{', residual' if ro.residual else ''})"
     fig = pictures.pattern_figure(values, result.tokens, title, **options)
-    return _finish(fig, save_path, lambda p: _static().pattern_png(values, result.tokens, title, p), title)
+    return _finish(fig, save_path, lambda p: static.pattern_png(values, result.tokens, title, p), title)
 
 
 PANELS = {
