@@ -81,11 +81,14 @@ def main() -> None:
     def lmlens() -> None:
         analyzer.analyze(text, methods=["attention"], use_cache=False)
 
+    def prepare() -> None:
+        analyzer.prepare(text, ["attention"])
+
     bare()
     lmlens()  # warm-up
-    times: dict[str, list[float]] = {"bare": [], "lmlens": []}
+    times: dict[str, list[float]] = {"bare": [], "lmlens": [], "prepare": []}
     for _ in range(args.repeats):
-        for name, fn in (("bare", bare), ("lmlens", lmlens)):
+        for name, fn in (("bare", bare), ("lmlens", lmlens), ("prepare", prepare)):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -94,6 +97,8 @@ def main() -> None:
     print(f"  bare model(input_ids, output_attentions=True): {med['bare'] * 1000:.0f} ms")
     print(f"  Analyzer.analyze(methods=['attention']):        {med['lmlens'] * 1000:.0f} ms")
     print(f"  ratio lmlens / bare: {med['lmlens'] / med['bare']:.3f}")
+    print(f"  Analyzer.prepare (validate, plan, tokenize, estimate): {med['prepare'] * 1000:.1f} ms "
+          f"= {med['prepare'] / med['bare']:.3%} of the bare pass")
     print("  raw:", {k: [round(x * 1000) for x in v] for k, v in times.items()})
 
 

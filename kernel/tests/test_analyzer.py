@@ -176,7 +176,7 @@ def test_a_failing_method_is_reported_with_its_name(analyzer: Analyzer) -> None:
 
 
 def test_unknown_model(host, tmp_path) -> None:
-    analyzer = Analyzer("no-such-model", plugins=host, settings=Settings(cache_dir=str(tmp_path)))
+    analyzer = Analyzer("no/such/model", plugins=host, settings=Settings(cache_dir=str(tmp_path)))
     with pytest.raises(UnknownModelError) as info:
         analyzer.analyze("hello")
     assert "smollm2-135m" in info.value.message and info.value.field == "model"

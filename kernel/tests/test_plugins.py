@@ -125,7 +125,7 @@ def test_duplicate_method_names_are_a_load_error_of_the_second_plugin() -> None:
     class P(msgspec.Struct, frozen=True):
         pass
 
-    class R(Result, frozen=True, tag="dup_attention"):
+    class R(Result, frozen=True, tag="attention"):
         pass
 
     class Impostor:

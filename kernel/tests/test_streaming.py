@@ -196,3 +196,38 @@ def test_without_chunking_a_long_text_is_refused(tiny_models, host) -> None:
     analyzer = analyzer_for(tiny_models, host, "gpt2")
     with pytest.raises(Exception, match="use_chunking is off"):
         analyzer.analyze_efficient(TEXT, methods=["attention"], use_chunking=False, max_length=64)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_max_length_above_the_limit_is_clamped_and_said(tiny_models, host, family: str) -> None:
+    # the README's analyze_efficient(..., max_length=4096) under MAX_SEQUENCE_LENGTH: clamp, and say so
+    analyzer = analyzer_for(tiny_models, host, family, max_sequence_length=48)
+    n_special = 2 if family == "bert" else 0  # [CLS] ... [SEP]
+    document = analyzer.analyze_efficient(TEXT, methods=["token_norms"], max_length=4096)
+    assert document.window_size == 48 - n_special and document.requested_window_size == 4096
+    assert document.stride == (48 - n_special) // 2
+    assert all(w.end - w.start <= 48 - n_special for w in document.windows) and len(document.windows) > 1
+    assert "max_length 4096 clamped to" in document.notes[0] and "MAX_SEQUENCE_LENGTH 48" in document.notes[0]
+    # the clamped run is the run one would get asking for the limit directly
+    direct = analyzer.analyze_efficient(TEXT, methods=["token_norms"], max_length=48 - n_special)
+    assert direct.notes == [] and direct.window_size == document.window_size
+    np.testing.assert_array_equal(document.per_token["token_norms"]["norms"], direct.per_token["token_norms"]["norms"])
+    assert document["notes"] == document.notes  # mapping access on the document result too
+
+
+def test_a_stride_above_the_clamped_window_is_clamped_too(tiny_models, host) -> None:
+    analyzer = analyzer_for(tiny_models, host, "gpt2", max_sequence_length=40)
+    document = analyzer.analyze_efficient(TEXT, methods=["token_norms"], max_length=100, stride=60)
+    assert (document.window_size, document.stride) == (40, 40)
+    assert any("stride 60 clamped" in note for note in document.notes)
+
+
+def test_memory_limit_message_shows_significant_digits(tiny_models, host) -> None:
+    analyzer = analyzer_for(tiny_models, host, "llama", memory_limit_gb=0.00001)
+    with pytest.raises(MemoryLimitError) as info:
+        analyzer.analyze("short text", methods=["token_norms"])
+    message = info.value.message
+    assert "the limit is 1e-05 GB" in message
+    found = analyzer.estimate_processing_requirements("short text", methods=["token_norms"])
+    assert f"weights {found.memory_estimate_gb.weights_gb:.3g})" in message  # 3 significant digits
+    assert "estimated 0.0 GB" not in message and found.memory_estimate_gb.weights_gb > 0.0001

@@ -10,7 +10,7 @@ import pytest
 
 from lmlens.capture import Need
 from lmlens.forward import run_forward
-from lmlens_http.cancellation import CancelToken, RequestCancelled, bound, install_block_checks
+from lmlens_http.cancellation import CancelToken, RequestCancelled, bound
 from lmlens_http.pool import AnalysisPool
 
 
@@ -25,7 +25,7 @@ async def post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
 
 def test_full_queue_answers_503_with_retry_after(make_server, test_host, test_plugin) -> None:
     srv = make_server(test_host, pool_workers=1, queue_size=1)
-    responses = asyncio.run(post_all(srv.url, [sleepy(f"text {i}", 0.5) for i in range(4)]))
+    responses = asyncio.run(post_all(srv.url, [sleepy(f"text {i}", 2.0) for i in range(4)]))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 200, 503, 503]
     for rejected in (r for r in responses if r.status_code == 503):
@@ -37,25 +37,41 @@ def test_full_queue_answers_503_with_retry_after(make_server, test_host, test_pl
 def test_identical_requests_are_computed_once(make_server, test_host, test_plugin) -> None:
     srv = make_server(test_host, pool_workers=2, queue_size=0)
     # queue_size 0 and 2 workers: without single flight, 5 concurrent requests would get 503s
-    responses = asyncio.run(post_all(srv.url, [sleepy("same text", 0.4)] * 5))
+    responses = asyncio.run(post_all(srv.url, [sleepy("same text", 2.0)] * 5))
     assert [r.status_code for r in responses] == [200] * 5
     assert test_plugin.ran("sleepy", "same text") == 1
     assert len({r.content for r in responses}) == 1
 
 
 def test_timeout_is_504_and_the_rest_of_the_work_is_cancelled(make_server, test_host, test_plugin) -> None:
+    """Explicit ordering (the slow request is running before the second is sent), no tight margins."""
     srv = make_server(test_host, pool_workers=1, queue_size=4, request_timeout_s=0.3)
-    started = time.monotonic()
-    running, queued = asyncio.run(post_all(srv.url, [sleepy("slow", 0.8, "recorder"),
-                                                     sleepy("queued", 0.0, "recorder")]))
-    assert time.monotonic() - started < 0.75  # answered at the limit, not when the work ended
+    sleep_s = 4.0
+
+    async def scenario() -> tuple[httpx.Response, float, httpx.Response]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            started = time.monotonic()
+            slow = asyncio.create_task(client.post("/analyze", json=sleepy("slow", sleep_s, "recorder")))
+            for _ in range(600):  # wait until the slow request occupies the only worker
+                if test_plugin.ran("sleepy", "slow"):
+                    break
+                await asyncio.sleep(0.05)
+            queued = await client.post("/analyze", json=sleepy("queued", 0.0, "recorder"))
+            running = await slow
+            return running, time.monotonic() - started, queued
+
+    running, waited, queued = asyncio.run(scenario())
+    assert waited < sleep_s  # answered at the limit, not when the work ended
     assert (running.status_code, running.json()["code"]) == (504, "timeout")
     assert (queued.status_code, queued.json()["code"]) == (504, "timeout")
-    time.sleep(0.8)  # let the sleeping method finish its sleep
-    assert test_plugin.ran("sleepy", "slow") == 1
-    assert test_plugin.ran("recorder", "slow") == 0  # stopped before the next method
-    assert test_plugin.ran("sleepy", "queued") == 0  # cancelled while queued: never started
-    with srv.client() as client:  # the pool is free again
+    with srv.client() as client:
+        for _ in range(1200):  # the sleeping method finishes its sleep; then the pool is free
+            if client.get("/health").json()["pool"]["running"] == 0:
+                break
+            time.sleep(0.05)
+        assert test_plugin.ran("sleepy", "slow") == 1
+        assert test_plugin.ran("recorder", "slow") == 0  # stopped before the next method
+        assert test_plugin.ran("sleepy", "queued") == 0  # cancelled while queued: never started
         assert client.post("/analyze", json=sleepy("after", 0.0)).status_code == 200
         health = client.get("/health").json()
     assert health["pool"]["running"] == 0 and health["pool"]["queued"] == 0
@@ -63,9 +79,6 @@ def test_timeout_is_504_and_the_rest_of_the_work_is_cancelled(make_server, test_
 
 def test_block_checks_stop_a_forward_pass(tiny_models) -> None:
     loaded = tiny_models["llama"]
-    install_block_checks(loaded)
-    install_block_checks(loaded)  # once per model, however often asked
-    assert len(loaded.modules.blocks[0]._forward_pre_hooks) == 1
     ids = loaded.tokenizer("hello", return_tensors="pt")["input_ids"]
     needs = [Need("blocks.1.resid_post")]
     token = CancelToken()
@@ -78,8 +91,9 @@ def test_block_checks_stop_a_forward_pass(tiny_models) -> None:
             assert exc.code == "timeout" and exc.http_status == 504
         else:
             raise AssertionError("a cancelled token must stop the pass")
-    # no token bound on this thread: the hooks do nothing
+    # no token bound on this thread: no checks, and no hook is left on the model
     assert "blocks.1.resid_post" in run_forward(loaded, needs, input_ids=ids)
+    assert not loaded.modules.blocks[0]._forward_pre_hooks
 
 
 def test_pool_counts_and_frees_slots() -> None:

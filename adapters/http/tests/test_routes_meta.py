@@ -79,3 +79,24 @@ def test_a_plugin_taking_a_served_path_is_reported(make_server, greedy_host) -> 
 def client_get(srv, path: str) -> object:
     with srv.client() as client:
         return client.get(path).json()
+
+
+def test_artifacts_lists_fitted_artifacts_without_paths(server) -> None:
+    import numpy as np
+
+    from lmlens import Artifact, model_fingerprint
+
+    analyzer = server.service.analyzer
+    loaded = analyzer.load_model()
+    analyzer.save_artifact(
+        Artifact(kind="probe", name="http-probe", model=model_fingerprint(loaded), model_name=loaded.name,
+                 tensors={"w": np.ones(3, dtype=np.float32)}, metrics={"auroc": 0.75})
+    )
+    try:
+        with server.client() as client:
+            rows = client.get("/artifacts", params={"kind": "probe"}).json()
+            assert client.get("/artifacts", params={"kind": "nothing"}).json() == []
+            assert "/artifacts" in client.get("/openapi.json").json()["paths"]
+        assert [(r["name"], r["metrics"], r["path"]) for r in rows] == [("http-probe", {"auroc": 0.75}, "")]
+    finally:
+        analyzer.delete_artifact("probe", "http-probe")

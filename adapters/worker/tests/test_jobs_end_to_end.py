@@ -88,7 +88,7 @@ def test_a_failing_job_is_retried_then_failed_without_blocking_others(
 
 def test_typed_errors_fail_at_once(queue, redis_server, test_plugins, start_worker) -> None:
     start_worker(worker_env(redis_server.url, test_plugins))
-    job = queue.submit("analyze_batch", {"texts": ["x"], "model": "no-such-model"})
+    job = queue.submit("analyze_batch", {"texts": ["x"], "model": "no/such/model"})
     with pytest.raises(JobFailedError, match="unknown_model"):
         queue.result(job, timeout=120)
     assert queue.status(job)["attempts"] == 1

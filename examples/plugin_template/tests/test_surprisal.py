@@ -28,3 +28,28 @@ def test_surprisal_matches_float64_reference(tiny_analyzer) -> None:
 def test_surprisal_refuses_encoders(tiny_analyzer) -> None:
     with pytest.raises(InvalidParamsError, match="causal"):
         tiny_analyzer("bert").analyze("no head", methods=["surprisal"])
+
+
+def test_entropy_reducer_and_prefix_pass_match_a_direct_computation(tiny_analyzer) -> None:
+    analyzer = tiny_analyzer("gpt2")
+    text, prefix = "the cat sat", "Once upon a time, "
+    result = analyzer.analyze(text, ["surprisal"], {"surprisal": {"prefix": prefix}}).methods["surprisal"]
+    tok = analyzer.model.tokenizer
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = analyzer.model.model(ids).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    entropy = (-(logp.exp() * logp).sum(-1) / math.log(2)).numpy()
+    np.testing.assert_allclose(result.entropy_bits, entropy, rtol=1e-4, atol=1e-4)
+    head = tok(prefix, return_tensors="pt").input_ids[0]
+    joined = torch.cat([head, ids[0]])[None]
+    with torch.no_grad():
+        joined_logp = torch.log_softmax(analyzer.model.model(joined).logits[0].double(), -1)
+    n = len(head)
+    ref = [-float(joined_logp[n + i - 1, ids[0, i]]) / math.log(2) for i in range(ids.shape[1])]
+    np.testing.assert_allclose(result.prefix_bits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_prefix_is_refused_before_any_work(tiny_analyzer) -> None:
+    with pytest.raises(InvalidParamsError, match="prefix"):
+        tiny_analyzer("gpt2").analyze("text", ["surprisal"], {"surprisal": {"prefix": "  "}})

@@ -1,11 +1,28 @@
 """lmlens: look inside transformer language models.
 
-The public face: ``Analyzer`` to run analyses, ``hookimpl``/``Method``/``Need``/``Result``
-to write plugins, and the typed errors every way in reports.
+The public face: ``Analyzer`` to run analyses, and what a plugin author uses:
+``hookimpl``, ``Method``/``Plan``/``Need``/``Trace``/``Result``, the write hook ``Patch``,
+the one pass entry point ``run_forward``, fitted ``Artifact``s and their store, the
+cancellation token, and the typed errors every way in reports. Everything else is
+internal.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from lmlens.analyzer import Analyzer
-from lmlens.capture import Need
+from lmlens.artifacts import (
+    Artifact,
+    ArtifactInfo,
+    ArtifactInvalidError,
+    ArtifactModelMismatchError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    data_provenance,
+    model_fingerprint,
+)
+from lmlens.cache import Cache
+from lmlens.cancel import Cancelled, CancelToken
+from lmlens.capture import Need, Patch, PatchContext
 from lmlens.errors import (
     EmptyTextError,
     InvalidParamsError,
@@ -19,18 +36,37 @@ from lmlens.errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
+from lmlens.forward import run_forward
 from lmlens.hookspecs import hookimpl
-from lmlens.method import Method, Trace
+from lmlens.jobs import Job, JobContext, QueueUnavailableError
+from lmlens.method import Method, Plan, Trace
 from lmlens.models import LoadedModel, ModelAlias, ModelInfo
-from lmlens.wire import AnalysisResult, Result, Token
+from lmlens.request import Request
+from lmlens.special import special_positions
+from lmlens.wire import AnalysisResult, Float32Array, Result, Token
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("lmlens")
+except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+    __version__ = "0+unknown"
 
 __all__ = [
     "AnalysisResult",
     "Analyzer",
+    "Artifact",
+    "ArtifactInfo",
+    "ArtifactInvalidError",
+    "ArtifactModelMismatchError",
+    "ArtifactNotFoundError",
+    "ArtifactStore",
+    "Cache",
+    "CancelToken",
+    "Cancelled",
     "EmptyTextError",
+    "Float32Array",
     "InvalidParamsError",
+    "Job",
+    "JobContext",
     "LmlensError",
     "LoadedModel",
     "MemoryLimitError",
@@ -41,6 +77,11 @@ __all__ = [
     "ModelLoadError",
     "ModelNotInstalledError",
     "Need",
+    "Patch",
+    "PatchContext",
+    "Plan",
+    "QueueUnavailableError",
+    "Request",
     "Result",
     "TextTooLongError",
     "Token",
@@ -49,5 +90,9 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedArchitectureError",
     "__version__",
+    "data_provenance",
     "hookimpl",
+    "model_fingerprint",
+    "run_forward",
+    "special_positions",
 ]

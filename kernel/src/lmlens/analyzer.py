@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 import torch
 
 from lmlens import wire
+from lmlens.artifacts import (
+    Artifact,
+    ArtifactInfo,
+    ArtifactStore,
+    ArtifactStoreProtocol,
+    check_model,
+    model_fingerprint,
+)
 from lmlens.cache import Cache, MethodKey, cache_key
-from lmlens.capture import Need
 from lmlens.chunking import DocumentResult
 from lmlens.errors import (
     EmptyTextError,
     InvalidParamsError,
     LmlensError,
     MemoryLimitError,
-    MethodFailedError,
     TextTooLongError,
+    UnknownMethodError,
     UnknownModelError,
 )
 from lmlens.estimate import DEFAULT_FLOPS_PER_SECOND, ProcessingEstimate, estimate, forward_flops
-from lmlens.forward import run_forward
-from lmlens.jobs import JobHandle
-from lmlens.method import Method, Trace
+from lmlens.jobs import JobHandle, QueueUnavailableError
+from lmlens.method import Method
 from lmlens.models import LoadedModel, LoadOptions, ModelStore
 from lmlens.plugins import PluginHost
+from lmlens.request import Progress, Request, run_request
 from lmlens.settings import Settings
 from lmlens.streaming import DocumentStream, collect_document
-from lmlens.wire import AnalysisResult, ModelRef, Result, Token
+from lmlens.wire import AnalysisResult, Result, Token
 
-Progress = Callable[[str, str], None]
-"""``progress(stage, what)``: ("start" | "end", method name, or "" for the shared pass), and
-("window", "i/n") before each window of a streaming analysis."""
+__all__ = ["Analyzer", "Progress"]
+
+# Seed verbs and the plugin that brings each, for a helpful AttributeError.
+_VERB_PLUGINS = {
+    "train_sae": "lmlens-sae (plugins/sae)",
+    "predict_failure_probability": "lmlens-failure (plugins/failure)",
+    "train_failure_predictor": "lmlens-failure (plugins/failure)",
+    "generate_failure_data": "lmlens-failure (plugins/failure)",
+    "evaluate_failure_predictor": "lmlens-failure (plugins/failure)",
+    "detect_anomalies": "lmlens-anomaly (plugins/anomaly)",
+    "fit_anomaly_detector": "lmlens-anomaly (plugins/anomaly)",
+}
 
 
 class Analyzer:
@@ -55,7 +73,13 @@ class Analyzer:
         plugins: PluginHost | None = None,
         cache: Cache | None = None,
         store: ModelStore | None = None,
+        model_name: str | None = None,
     ) -> None:
+        """``model_name`` is the product description's spelling of ``model``."""
+        if model_name is not None:
+            if model is not None:
+                raise InvalidParamsError("give model or model_name, not both", field="model_name")
+            model = model_name
         self.settings = settings or Settings.from_env()
         self.plugins = plugins or PluginHost()
         self.cache = cache
@@ -64,6 +88,9 @@ class Analyzer:
         self.dtype = dtype or self.settings.dtype
         self._model: LoadedModel | None = model if isinstance(model, LoadedModel) else None
         self._flops_per_second: dict[str, float] = {}
+        self._artifact_store: ArtifactStoreProtocol | None = None
+        self._artifact_memo: dict[tuple[str, str, str], Artifact] = {}
+        self._memo_lock = threading.Lock()
         self.model_spec = model if isinstance(model, str) else self.settings.default_model
 
     # --- models ------------------------------------------------------------------------
@@ -113,6 +140,8 @@ class Analyzer:
         return text
 
     def resolve_methods(self, methods: object) -> list[Method]:
+        if isinstance(methods, tuple):
+            methods = list(methods)
         if isinstance(methods, str):
             methods = [methods]
         if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
@@ -146,14 +175,14 @@ class Analyzer:
                 ) from None
         return resolved
 
-    def tokenize(self, loaded: LoadedModel, text: str) -> tuple[torch.Tensor, list[Token]]:
+    def tokenize(self, loaded: LoadedModel, text: str, *, check: bool = True) -> tuple[torch.Tensor, list[Token]]:
         encoded = loaded.tokenizer(
             text, return_offsets_mapping=True, add_special_tokens=True, return_tensors="pt"
         )
         input_ids = encoded["input_ids"]  # [1, pos]
-        limit = min(self.settings.max_sequence_length, loaded.info.max_positions or 10**9)
+        limit = self.token_limit(loaded)
         n = int(input_ids.shape[1])
-        if n > limit:
+        if check and n > limit:
             raise TextTooLongError(
                 f"text is {n} tokens long; the limit for {loaded.name} is {limit} "
                 "(use chunked or streaming analysis for longer documents)",
@@ -168,93 +197,53 @@ class Analyzer:
         ]
         return input_ids, tokens
 
-    # --- analysis ----------------------------------------------------------------------
+    # --- one request path --------------------------------------------------------------
 
-    def analyze(
+    def prepare(
         self,
         text: str,
-        methods: Sequence[str] | str = ("attention",),
+        methods: Sequence[str] | str,
         params: Mapping[str, Any] | None = None,
         *,
         model: str | None = None,
-        progress: Progress | None = None,
-        use_cache: bool = True,
-    ) -> AnalysisResult:
-        """Analyse ``text`` with every method in ``methods`` over one forward pass."""
-        text = self.check_text(text)
-        chosen = self.resolve_methods(list(methods) if not isinstance(methods, str) else methods)
-        resolved = self.resolve_params(chosen, params)
-        loaded = self.load_model(model)
-        input_ids, tokens = self.tokenize(loaded, text)
-        self.check_memory(self._estimate(loaded, chosen, resolved, n_tokens=len(tokens)))
-
-        key = None
-        if self.cache is not None and use_cache:
-            key = self.cache_key(text, loaded, chosen, resolved)
-            hit = self.cache.get(key)
-            if hit is not None:
-                result = wire.from_msgpack(hit, wire.result_type(m.result for m in chosen))
-                return msgspec.structs.replace(result, cached=True)
-
-        result = self._run_pass(loaded, text, input_ids, tokens, chosen, resolved, progress)
-        if key is not None and self.cache is not None:
-            self.cache.set(key, wire.to_msgpack(result))
-        return result
-
-    def _run_pass(
-        self,
-        loaded: LoadedModel,
-        text: str,
-        input_ids: torch.Tensor,  # [1, pos]
-        tokens: list[Token],
-        chosen: Sequence[Method],
-        resolved: Mapping[str, Any],
-        progress: Progress | None,
-    ) -> AnalysisResult:
-        timings: dict[str, float] = {}
-        needs: list[Need] = []
-        for method in chosen:
-            needs.extend(method.needs(loaded.info, resolved[method.name]))
-        notify = progress or (lambda stage, method: None)
-        notify("start", "")
-        started = time.perf_counter()
-        activations = run_forward(loaded, needs, input_ids=input_ids) if needs else {}
-        elapsed = time.perf_counter() - started
-        timings["forward"] = elapsed * 1000
-        if needs:
-            self._flops_per_second[loaded.name] = forward_flops(loaded.info, len(tokens)) / max(elapsed, 1e-6)
-        notify("end", "")
-        trace = Trace(
-            model=loaded, text=text, tokens=tokens, input_ids=input_ids, activations=activations, cache=self.cache
-        )
-        results: dict[str, Result] = {}
-        for method in chosen:
-            notify("start", method.name)
-            started = time.perf_counter()
-            results[method.name] = self._run_method(method, trace, resolved[method.name])
-            timings[method.name] = (time.perf_counter() - started) * 1000
-            notify("end", method.name)
-        return AnalysisResult(
-            model=ModelRef(name=loaded.name, revision=loaded.revision, family=loaded.info.family),
-            text=text,
-            tokens=tokens,
-            methods=results,
-            timings_ms=timings,
-        )
-
-    # --- memory ------------------------------------------------------------------------
-
-    def _estimate(
-        self,
-        loaded: LoadedModel,
-        chosen: Sequence[Method],
-        resolved: dict[str, Any],
-        *,
-        n_tokens: int,
+        document: bool = False,
         window_size: int | None = None,
         stride: int | None = None,
-    ) -> ProcessingEstimate:
-        return estimate(
+        check: bool = True,
+    ) -> Request:
+        """Validate and plan a request once, before any model work.
+
+        In order: the text, the method names, every method's params (converted and then
+        planned, so a bad parameter of any method is refused before anything runs), the
+        model (and the allowlist), the artifacts the params name (present, and fitted on
+        this model), the tokens (``document=True``: the whole document without special
+        tokens, for windows), and the memory estimate (refused with advice when ``check``).
+        """
+        limit = self.settings.max_document_chars if document else None
+        text = self.check_text(text, limit=limit)
+        chosen = self.resolve_methods(methods)
+        resolved = self.resolve_params(chosen, params)
+        loaded = self.load_model(model)
+        plans = {}
+        for method in chosen:
+            try:
+                plans[method.name] = method.make_plan(loaded.info, resolved[method.name])
+            except LmlensError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise InvalidParamsError(
+                    f"invalid params for {method.name}: {exc}", field=f"params.{method.name}"
+                ) from None
+        hashes = self._check_artifacts(loaded, chosen, resolved)
+        token_limit = self.token_limit(loaded)
+        if document:
+            input_ids, tokens = None, None
+            n_tokens = len(self.tokenize_document(loaded, text)[0])
+        else:
+            input_ids, tokens = self.tokenize(loaded, text, check=check)
+            n_tokens = len(tokens)
+        needs = [need for m in chosen for need in plans[m.name].needs]
+        found = estimate(
             loaded.info,
             chosen,
             resolved,
@@ -263,17 +252,89 @@ class Analyzer:
             stride=stride,
             limit_gb=self.settings.memory_limit_gb,
             flops_per_second=self._flops_per_second.get(loaded.name, DEFAULT_FLOPS_PER_SECOND),
+            needs=needs,
+            token_limit=token_limit,
         )
+        if check:
+            self.check_memory(found)
+        return Request(
+            text=text,
+            methods=tuple(chosen),
+            params=resolved,
+            plans=plans,
+            loaded=loaded,
+            input_ids=input_ids,
+            tokens=tokens,
+            estimate=found,
+            artifact_hashes=hashes,
+        )
+
+    def run(self, request: Request, *, progress: Progress | None = None, use_cache: bool = True) -> AnalysisResult:
+        """Run a prepared request: the cache, else one shared pass and each method."""
+        key = None
+        if self.cache is not None and use_cache:
+            key = self.request_key(request)
+            hit = self.cache.get(key)
+            if hit is not None:
+                result = wire.from_msgpack(hit, wire.result_type(m.result for m in request.methods))
+                return msgspec.structs.replace(result, cached=True)
+        result = self.run_uncached(request, progress=progress)
+        if key is not None and self.cache is not None:
+            self.cache.set(key, wire.to_msgpack(result))
+        return result
+
+    def run_uncached(self, request: Request, *, progress: Progress | None = None) -> AnalysisResult:
+        loaded = request.loaded
+        n = len(request.tokens or [])
+
+        def measured(seconds: float) -> None:
+            self._flops_per_second[loaded.name] = forward_flops(loaded.info, n) / max(seconds, 1e-6)
+
+        return run_request(
+            request,
+            cache=self.cache,
+            resolve_artifact=self._artifact_resolver(loaded),
+            progress=progress,
+            on_forward=measured,
+        )
+
+    def analyze(
+        self,
+        text: str,
+        methods: Sequence[str] | str | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        progress: Progress | None = None,
+        use_cache: bool = True,
+    ) -> AnalysisResult:
+        """Analyse ``text`` with every method in ``methods`` over one forward pass."""
+        request = self.prepare(text, self.default_methods() if methods is None else methods, params, model=model)
+        return self.run(request, progress=progress, use_cache=use_cache)
+
+    def default_methods(self) -> list[str]:
+        """When no method is named: every installed method tagged ``default``, else the first installed."""
+        tagged = [name for name, m in self.plugins.methods.items() if "default" in m.tags]
+        if tagged:
+            return tagged
+        if not self.plugins.methods:
+            raise UnknownMethodError("no analysis method is installed; install a plugin", field="methods")
+        return [sorted(self.plugins.methods)[0]]
+
+    def token_limit(self, loaded: LoadedModel) -> int:
+        return min(self.settings.max_sequence_length, loaded.info.max_positions or 10**9)
+
+    # --- memory ------------------------------------------------------------------------
 
     @staticmethod
     def check_memory(found: ProcessingEstimate) -> ProcessingEstimate:
         """Refuse, with advice, an analysis whose estimate exceeds MEMORY_LIMIT_GB."""
-        if not found.fits:
-            mem = found.memory_estimate_gb
+        mem = found.memory_estimate_gb
+        if mem.total_gb > found.limit_gb:
             raise MemoryLimitError(
-                f"this analysis needs an estimated {mem.total_gb:.1f} GB (attention {mem.attention_gb:.1f}, "
-                f"activations {mem.activations_gb:.1f}, gradients {mem.gradients_gb:.1f}, weights "
-                f"{mem.weights_gb:.1f}); the limit is {found.limit_gb:g} GB (MEMORY_LIMIT_GB). Use streaming "
+                f"this analysis needs an estimated {mem.total_gb:.3g} GB (attention {mem.attention_gb:.3g}, "
+                f"activations {mem.activations_gb:.3g}, gradients {mem.gradients_gb:.3g}, weights "
+                f"{mem.weights_gb:.3g}); the limit is {found.limit_gb:.3g} GB (MEMORY_LIMIT_GB). Use streaming "
                 "analysis with a smaller window_size, keep fewer attention maps (layers, heads, patterns=false), "
                 "or drop methods",
                 field="text",
@@ -283,20 +344,105 @@ class Analyzer:
     def estimate_processing_requirements(
         self,
         text: str,
-        methods: Sequence[str] | str = ("attention",),
+        methods: Sequence[str] | str | None = None,
         params: Mapping[str, Any] | None = None,
         *,
         model: str | None = None,
         window_size: int | None = None,
         stride: int | None = None,
     ) -> ProcessingEstimate:
-        """Memory (weights, activations, attention, gradients, total) and time, before any work."""
-        text = self.check_text(text, limit=self.settings.max_document_chars)
-        chosen = self.resolve_methods(list(methods) if not isinstance(methods, str) else methods)
-        resolved = self.resolve_params(chosen, params)
-        loaded = self.load_model(model)
-        n_tokens = len(self.tokenize_document(loaded, text)[0])
-        return self._estimate(loaded, chosen, resolved, n_tokens=n_tokens, window_size=window_size, stride=stride)
+        """Memory (weights, activations, attention, gradients, total) and time, before any work.
+
+        ``fits`` is False, with ``reasons``, for exactly the work ``analyze`` (no window) or
+        streaming (with ``window_size``) would refuse.
+        """
+        request = self.prepare(
+            text,
+            self.default_methods() if methods is None else methods,
+            params,
+            model=model,
+            document=True,
+            window_size=window_size,
+            stride=stride,
+            check=False,
+        )
+        assert request.estimate is not None
+        return request.estimate
+
+    # --- fitted artifacts --------------------------------------------------------------
+
+    @property
+    def artifact_store(self) -> ArtifactStoreProtocol:
+        """Where fitted artifacts live (a plugin may provide a shared store)."""
+        if self._artifact_store is None:
+            builtins = list(self.plugins.artifact_dirs)
+            store = self.plugins.pm.hook.artifact_store(settings=self.settings, builtins=builtins)
+            if store is None:
+                root = os.environ.get("LMLENS_ARTIFACT_DIR") or self.settings.cache_path / "artifacts"
+                store = ArtifactStore(root, builtins)
+            self._artifact_store = store
+        return self._artifact_store
+
+    def artifacts(self, kind: str | None = None, *, model: str | None = None) -> list[ArtifactInfo]:
+        """Fitted artifacts with their metrics; ``model`` limits them to one model's (loads it)."""
+        fingerprint = model_fingerprint(self.load_model(model)) if model is not None else None
+        return self.artifact_store.list(kind=kind, model=fingerprint)
+
+    def save_artifact(self, artifact: Artifact) -> ArtifactInfo:
+        return self.artifact_store.save(artifact)
+
+    def delete_artifact(self, kind: str, name: str) -> bool:
+        return self.artifact_store.delete(kind, name)
+
+    def load_artifact(self, kind: str, name: str, *, model: str | None = None) -> Artifact:
+        """An artifact, refused with ``artifact_model_mismatch`` unless fitted on ``model``."""
+        return self._artifact_resolver(self.load_model(model))(kind, name)
+
+    def new_artifact(self, loaded: LoadedModel, kind: str, name: str, **fields: Any) -> Artifact:
+        """An artifact bound to ``loaded`` (its fingerprint and name); fill in the rest."""
+        return Artifact(kind=kind, name=name, model=model_fingerprint(loaded), model_name=loaded.name, **fields)
+
+    def _artifact_resolver(self, loaded: LoadedModel) -> Callable[[str, str], Artifact]:
+        def resolve(kind: str, name: str) -> Artifact:
+            info = self.artifact_store.info(kind, name)
+            check_model(info, loaded)
+            memo_key = (info.kind, info.name, info.content_hash)
+            with self._memo_lock:
+                found = self._artifact_memo.get(memo_key)
+            if found is None:
+                found = self.artifact_store.load(kind, name)
+                with self._memo_lock:
+                    self._artifact_memo[memo_key] = found
+            return found
+
+        return resolve
+
+    def _check_artifacts(
+        self, loaded: LoadedModel, methods: Sequence[Method], params: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        hashes: dict[str, tuple[str, ...]] = {}
+        for method in methods:
+            if method.artifacts is None:
+                continue
+            found = []
+            for kind, name in method.artifacts(params[method.name]):
+                info = self.artifact_store.info(kind, name)
+                check_model(info, loaded)
+                found.append(info.content_hash)
+            hashes[method.name] = tuple(found)
+        return hashes
+
+    def __getattr__(self, name: str) -> Any:
+        """Verbs that plugins add (``train_sae``, ``detect_anomalies``, ...)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        verb = self.plugins.verbs.get(name)
+        if verb is None:
+            known = ", ".join(sorted(self.plugins.verbs)) or "none"
+            hint = _VERB_PLUGINS.get(name)
+            more = f"; it comes with {hint}" if hint else ""
+            raise AttributeError(f"Analyzer has no attribute or plugin verb {name!r}{more} (installed verbs: {known})")
+        return functools.partial(verb, self)
 
     # --- long documents ----------------------------------------------------------------
 
@@ -308,7 +454,7 @@ class Analyzer:
     def analyze_document_streaming(
         self,
         document: str,
-        methods: Sequence[str] | str = ("attention",),
+        methods: Sequence[str] | str | None = None,
         params: Mapping[str, Any] | None = None,
         *,
         window_size: int = 512,
@@ -323,13 +469,20 @@ class Analyzer:
         consumer. ``progress("window", "i/n")`` is called before each window.
         """
         return DocumentStream(
-            self, document, methods, params, window_size=window_size, stride=stride, model=model, progress=progress
+            self,
+            document,
+            self.default_methods() if methods is None else methods,
+            params,
+            window_size=window_size,
+            stride=stride,
+            model=model,
+            progress=progress,
         )
 
     def analyze_efficient(
         self,
         text: str,
-        methods: Sequence[str] | str = ("attention",),
+        methods: Sequence[str] | str | None = None,
         params: Mapping[str, Any] | None = None,
         *,
         use_chunking: bool = True,
@@ -344,14 +497,17 @@ class Analyzer:
         Returns the document-level result: per-token fields stitched onto the
         document's tokens (``stitch_rule`` says how), and with ``keep_windows`` every
         window's full result. Without ``use_chunking`` the text must fit in one pass.
+        A ``max_length`` above what the model and MAX_SEQUENCE_LENGTH allow is clamped
+        to that limit; ``window_size`` and ``notes`` in the result say so.
         """
-        stream = self.analyze_document_streaming(
-            text, methods, params, window_size=max_length, stride=stride or max(1, max_length // 2),
-            model=model, progress=progress,
+        stream = DocumentStream(
+            self, text, methods, params, window_size=max_length, stride=stride,
+            model=model, progress=progress, clamp_window=True,
         )
         if not use_chunking and len(stream) > 1:
             raise TextTooLongError(
-                f"text is {len(stream.ids)} tokens long and use_chunking is off; max_length is {max_length}",
+                f"text is {len(stream.ids)} tokens long and use_chunking is off; the window is "
+                f"{stream.window_size} tokens (max_length {max_length})",
                 field="text",
             )
         return collect_document(stream, keep_windows=keep_windows)
@@ -370,7 +526,7 @@ class Analyzer:
             raise InvalidParamsError(f"invalid params for job {kind!r}: {exc}", field="params") from None
         queue = self.plugins.pm.hook.job_queue()
         if queue is None:
-            raise InvalidParamsError(
+            raise QueueUnavailableError(
                 "no job queue: install lmlens-worker and set REDIS_URL, then start `lmlens worker`", field="kind"
             )
         return JobHandle(queue, queue.submit(kind, dict(params or {})))
@@ -388,16 +544,32 @@ class Analyzer:
 
     def visualize(
         self,
-        result: AnalysisResult,
-        method: str,
+        result: AnalysisResult | Result,
+        method: str | None = None,
         save_path: str | None = None,
         **options: Any,
     ) -> Any:
         """Draw ``result.methods[method]`` with the panel its plugin registered.
 
-        Returns the Bokeh layout; with ``save_path`` the panel also writes it
-        (``.html``: interactive Bokeh document, ``.png``: static image).
+        ``result`` is the whole analysis, or one method's result (``result["attention"]``;
+        ``method`` then defaults to its kind). Returns the Bokeh layout; with ``save_path``
+        the panel also writes it (``.html``: a standalone page with BokehJS inlined, so it
+        opens offline; ``.png``: static image).
         """
+        if isinstance(result, Result):
+            kind = type(result).__struct_config__.tag
+            method = method or (kind if isinstance(kind, str) else None)
+            owner = wire.owner_of(result)
+            if owner is None:
+                owner = wire.detached_analysis(result, method or "result")
+            result = owner
+        if not isinstance(result, AnalysisResult):
+            raise InvalidParamsError(
+                f"visualize takes an analysis result or one method's result, not {type(result).__name__}",
+                field="result",
+            )
+        if method is None:
+            raise InvalidParamsError("name the method to draw", field="method")
         if method not in result.methods:
             raise InvalidParamsError(
                 f"the result has no {method!r} analysis; it has: {', '.join(result.methods)}",
@@ -409,31 +581,41 @@ class Analyzer:
         return panel(result, save_path=save_path, **options)
 
     def visualize_attention(
-        self, result: AnalysisResult, layer: int = 0, head: int = 0, save_path: str | None = None
+        self, result: AnalysisResult | Result, layer: int = 0, head: int = 0, save_path: str | None = None
     ) -> Any:
-        """The attention pattern of one head as an interactive heatmap."""
+        """The attention pattern of one head as an interactive heatmap.
+
+        ``result`` is the analysis or its attention result (``results["attention"]``). A
+        convenience over ``visualize``; it needs the attention plugin (lmlens-attention).
+        """
+        if "attention" not in self.plugins.methods:
+            installed = ", ".join(sorted(self.plugins.methods)) or "none"
+            raise UnknownMethodError(
+                "visualize_attention needs the attention plugin: pip install lmlens-attention "
+                f"(installed methods: {installed})",
+                field="methods",
+            )
         return self.visualize(result, "attention", save_path=save_path, layer=layer, head=head)
 
-    def _run_method(self, method: Method, trace: Trace, params: Any) -> Result:
-        try:
-            result = method.run(trace, params)
-        except LmlensError:
-            raise
-        except Exception as exc:
-            raise MethodFailedError(
-                f"method {method.name!r} failed: {type(exc).__name__}: {exc}", field="methods"
-            ) from exc
-        if not isinstance(result, method.result):
-            raise MethodFailedError(
-                f"method {method.name!r} returned {type(result).__name__}, "
-                f"not {method.result.__name__}"
-            )
-        return result
-
     def cache_key(
-        self, text: str, loaded: LoadedModel, methods: Iterable[Method], params: Mapping[str, Any]
+        self, text: str, loaded: LoadedModel, methods: Sequence[Method], params: Mapping[str, Any]
     ) -> str:
-        """The cache key of an analysis: text, model and revision, plugin versions, params."""
+        """The cache key of an analysis (prefer ``request_key`` for a prepared request)."""
+        hashes = self._check_artifacts(loaded, methods, params)
+        return self._key(text, loaded, methods, params, hashes)
+
+    def request_key(self, request: Request) -> str:
+        """Text, model and revision, plugin and method versions, params, artifact content hashes."""
+        return self._key(request.text, request.loaded, request.methods, request.params, request.artifact_hashes)
+
+    def _key(
+        self,
+        text: str,
+        loaded: LoadedModel,
+        methods: Sequence[Method],
+        params: Mapping[str, Any],
+        hashes: Mapping[str, tuple[str, ...]],
+    ) -> str:
         keys = []
         for method in methods:
             owner = self.plugins.method_owner.get(method.name, "")
@@ -444,6 +626,7 @@ class Analyzer:
                     plugin_version=self.plugins.plugin_version(owner),
                     method_version=method.version,
                     params=msgspec.Raw(self._encoded_params(method.name, params[method.name])),
+                    artifacts=list(hashes.get(method.name, ())),
                 )
             )
         return cache_key(text, loaded.name, loaded.revision, keys)

@@ -5,6 +5,7 @@ Canonical names (TransformerLens style), with shapes:
     embed                    token embeddings          [batch, pos, d_model]
     blocks.{i}.resid_pre     residual into block i     [batch, pos, d_model]
     blocks.{i}.attn.pattern  attention probabilities   [batch, head, q_pos, k_pos]
+    blocks.{i}.attn.heads    per-head outputs          [batch, pos, head, d_head]
     blocks.{i}.attn.out      attention output          [batch, pos, d_model]
     blocks.{i}.mlp.out       MLP output                [batch, pos, d_model]
     blocks.{i}.resid_post    residual out of block i   [batch, pos, d_model]
@@ -32,6 +33,7 @@ class Tap(Enum):
     OUTPUT = "output"  # the module's output (first element if it returns a tuple)
     OUTPUT_1 = "output_1"  # the second element of the output tuple (attention weights)
     INPUT = "input"  # the module's first input (hidden_states)
+    HEADS = "heads"  # the first input of the attention output projection, split by head
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,23 @@ class Architecture:
     prefixes: tuple[str, ...] = ("",)
     lm_head: str | None = "lm_head"
     causal: bool = True
+    # module (relative to the block) whose first input is the heads side by side,
+    # [batch, pos, n_heads * d_head]: the attention output projection
+    heads_in: str | None = None
 
 
 @dataclass(frozen=True)
 class HookTarget:
     module: nn.Module
     tap: Tap
+    layer: int | None = None
 
 
-_BLOCK_POINT = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post|attn\.pattern|attn\.out|mlp\.out)$")
+_BLOCK_POINT = re.compile(
+    r"^blocks\.(\d+)\.(resid_pre|resid_post|attn\.pattern|attn\.heads|attn\.out|mlp\.out)$"
+)
+# Where other families keep the projection that mixes the heads, relative to the attention module.
+_MIXERS = ("o_proj", "c_proj", "out_proj", "dense")
 
 
 def point_names(n_layers: int) -> list[str]:
@@ -72,6 +82,7 @@ def point_names(n_layers: int) -> list[str]:
         names += [
             f"blocks.{i}.resid_pre",
             f"blocks.{i}.attn.pattern",
+            f"blocks.{i}.attn.heads",
             f"blocks.{i}.attn.out",
             f"blocks.{i}.mlp.out",
             f"blocks.{i}.resid_post",
@@ -131,22 +142,46 @@ class ModuleMap:
             return HookTarget(self._get(self.arch.lm_head), Tap.OUTPUT)
         match = _BLOCK_POINT.match(point)
         if not match:
-            raise InvalidParamsError(f"unknown hook point {point!r}", field="needs")
+            raise InvalidParamsError(
+                f"unknown hook point {point!r}; points look like embed, blocks.0.resid_post, "
+                f"blocks.0.attn.heads, final, logits (this model has blocks 0..{self.n_layers - 1})",
+                field="point",
+            )
         layer, kind = int(match.group(1)), match.group(2)
         if layer >= self.n_layers:
             raise InvalidParamsError(
-                f"hook point {point!r}: the model has {self.n_layers} layers", field="layers"
+                f"hook point {point!r}: the model has {self.n_layers} layers (0..{self.n_layers - 1})",
+                field="layers",
             )
         block = self.blocks[layer]
         if kind == "resid_pre":
-            return HookTarget(block, Tap.INPUT)
+            return HookTarget(block, Tap.INPUT, layer)
         if kind == "resid_post":
-            return HookTarget(block, Tap.OUTPUT)
+            return HookTarget(block, Tap.OUTPUT, layer)
         if kind == "attn.pattern":
-            return HookTarget(block.get_submodule(self.arch.attn), Tap.OUTPUT_1)
+            return HookTarget(block.get_submodule(self.arch.attn), Tap.OUTPUT_1, layer)
+        if kind == "attn.heads":
+            return HookTarget(self.head_mixer(layer), Tap.HEADS, layer)
         if kind == "attn.out":
-            return HookTarget(block.get_submodule(self.arch.attn_out), self.arch.attn_out_tap)
-        return HookTarget(block.get_submodule(self.arch.mlp_out), Tap.OUTPUT)
+            return HookTarget(block.get_submodule(self.arch.attn_out), self.arch.attn_out_tap, layer)
+        return HookTarget(block.get_submodule(self.arch.mlp_out), Tap.OUTPUT, layer)
+
+    def head_mixer(self, layer: int) -> nn.Module:
+        """The module of block ``layer`` whose first input is ``[batch, pos, n_heads * d_head]``."""
+        block = self.blocks[layer]
+        if self.arch.heads_in is not None:
+            return block.get_submodule(self.arch.heads_in)
+        attn = block.get_submodule(self.arch.attn)
+        for name in _MIXERS:
+            if hasattr(attn, name):
+                return getattr(attn, name)  # type: ignore[no-any-return]
+        out = block.get_submodule(self.arch.attn_out)
+        if isinstance(out, nn.Linear):
+            return out
+        raise UnsupportedArchitectureError(
+            f"{self.arch.name}: no attention output projection found in block {layer}; "
+            "set Architecture.heads_in"
+        )
 
 
 def find_architecture(model_type: str, architectures: list[Architecture]) -> Architecture:

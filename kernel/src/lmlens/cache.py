@@ -28,6 +28,7 @@ class MethodKey(msgspec.Struct, frozen=True, array_like=True):
     plugin_version: str
     method_version: str
     params: msgspec.Raw
+    artifacts: list[str] = []  # content hashes of the fitted artifacts the params use
 
 
 def cache_key(text: str, model: str, revision: str, methods: list[MethodKey]) -> str:

@@ -1,9 +1,12 @@
-"""Named hook points, selective capture, and reducers that run inside the hook.
+"""Named hook points: selective capture (reads) and patches (writes).
 
 A method declares ``Need``s. Only those points get hooks, and a need with a reducer
 keeps only what the reducer returns: entropy per head instead of a
-``[batch, head, q_pos, k_pos]`` map. Hooks are removed when the ``Capture`` context
-exits, also when the forward pass raises.
+``[batch, head, q_pos, k_pos]`` map. A ``Patch`` replaces an activation during the
+pass (ablation, steering, activation patching, an SAE's reconstruction); reads at the
+same point see the patched value. Hooks are removed when the ``Capture`` context
+exits, also when the forward pass raises. Only the kernel registers torch hooks, and
+only inside ``run_forward``, which holds the model's lock.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from lmlens.architectures import ModuleMap, Tap, point_names
+from lmlens.architectures import HookTarget, ModuleMap, Tap
+from lmlens.cancel import check_current, current
 from lmlens.errors import InvalidParamsError
+
+if TYPE_CHECKING:
+    from lmlens.models import LoadedModel
 
 Reducer = Callable[[torch.Tensor], Any]
 
@@ -42,14 +49,57 @@ class Need:
         return self.name or self.point
 
 
+@dataclass(frozen=True)
+class PatchContext:
+    """What a patch function knows about the pass it edits."""
+
+    point: str
+    layer: int | None
+    loaded: LoadedModel
+    input_ids: torch.Tensor | None  # [batch, pos] when the pass was given token ids
+
+
+PatchFn = Callable[[torch.Tensor, PatchContext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace the activation at ``point`` with ``fn(activation, context)`` during a pass.
+
+    ``fn`` receives the activation in the point's documented shape (batch first, for
+    ``blocks.{i}.attn.heads`` ``[batch, pos, head, d_head]``) and returns the
+    replacement of the same shape. It sees the whole batch, so per-row edits (one
+    ablation per row) use a mask or index the rows. At ``blocks.{i}.resid_pre`` a
+    patch may also widen a batch of one row to ``n`` rows: the blocks below ran once,
+    and masks and position embeddings made for one row broadcast. Attention patterns
+    are read-only.
+    """
+
+    point: str
+    fn: PatchFn
+
+
 class StopForward(Exception):
     """Raised inside a hook once every need is captured, to skip the rest of the model."""
 
 
-class Capture:
-    """Context manager that hooks the needed points of one model and collects values."""
+def _first(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value  # type: ignore[no-any-return]
 
-    def __init__(self, modules: ModuleMap, needs: Iterable[Need], *, stop_early: bool = False):
+
+class Capture:
+    """Context manager that hooks the needed and patched points of one model."""
+
+    def __init__(
+        self,
+        modules: ModuleMap,
+        needs: Iterable[Need],
+        *,
+        patches: Iterable[Patch] = (),
+        stop_early: bool = False,
+        loaded: LoadedModel | None = None,
+        input_ids: torch.Tensor | None = None,
+    ):
         self.modules = modules
         self.by_point: dict[str, list[Need]] = defaultdict(list)
         keys: set[str] = set()
@@ -59,6 +109,16 @@ class Capture:
             keys.add(need.key)
             if need not in self.by_point[need.point]:
                 self.by_point[need.point].append(need)
+        self.patches: dict[str, list[Patch]] = defaultdict(list)
+        for patch in patches:
+            if patch.point.endswith(".attn.pattern"):
+                raise InvalidParamsError(
+                    f"{patch.point}: attention patterns are read-only; patch blocks.N.attn.heads instead",
+                    field="point",
+                )
+            self.patches[patch.point].append(patch)
+        self.loaded = loaded
+        self.input_ids = input_ids
         self.activations: dict[str, Any] = {}
         self.stop_early = stop_early
         self._pending: set[str] = set()
@@ -70,23 +130,17 @@ class Capture:
 
     @property
     def needs_logits(self) -> bool:
-        return "logits" in self.by_point
+        return "logits" in self.by_point or "logits" in self.patches
 
     def __enter__(self) -> Capture:
         self.activations = {}
         self._pending = set(self.by_point)
         try:
-            for point, needs in self.by_point.items():
-                target = self.modules.resolve(point)
-                if target.tap is Tap.INPUT:
-                    handle = target.module.register_forward_pre_hook(
-                        self._pre_hook(point, needs), with_kwargs=True
-                    )
-                else:
-                    handle = target.module.register_forward_hook(
-                        self._hook(point, needs, target.tap)
-                    )
-                self._handles.append(handle)
+            for point in dict.fromkeys([*self.patches, *self.by_point]):
+                self._install(point, self.modules.resolve(point))
+            if current() is not None:  # cancellation: check before every block
+                for block in self.modules.blocks:
+                    self._handles.append(block.register_forward_pre_hook(lambda m, a: check_current()))
         except BaseException:
             self.remove()
             raise
@@ -100,35 +154,80 @@ class Capture:
             handle.remove()
         self._handles.clear()
 
+    def _install(self, point: str, target: HookTarget) -> None:
+        needs = self.by_point.get(point, [])
+        patches = self.patches.get(point, [])
+        if target.tap in (Tap.INPUT, Tap.HEADS):
+            hook = self._pre_hook(point, target, needs, patches)
+            self._handles.append(target.module.register_forward_pre_hook(hook, with_kwargs=True))
+        else:
+            self._handles.append(target.module.register_forward_hook(self._hook(point, target, needs, patches)))
+
+    def _patched(self, point: str, target: HookTarget, patches: list[Patch], value: torch.Tensor) -> torch.Tensor:
+        if not patches:
+            return value
+        assert self.loaded is not None, "patches need the loaded model"
+        context = PatchContext(point=point, layer=target.layer, loaded=self.loaded, input_ids=self.input_ids)
+        for patch in patches:
+            new = patch.fn(value, context)
+            if not isinstance(new, torch.Tensor):
+                raise TypeError(f"patch at {point} returned {type(new).__name__}, not a tensor")
+            widened = target.tap is Tap.INPUT and value.shape[0] == 1 and new.shape[1:] == value.shape[1:]
+            if new.shape != value.shape and not widened:
+                raise ValueError(f"patch at {point} changed the shape {tuple(value.shape)} -> {tuple(new.shape)}")
+            value = new
+        return value
+
     def _store(self, point: str, needs: list[Need], tensor: torch.Tensor) -> None:
         for need in needs:
             self.activations[need.key] = tensor if need.reducer is None else need.reducer(tensor)
-        self._pending.discard(point)
-        if self.stop_early and not self._pending:
-            raise StopForward
+        if needs:
+            self._pending.discard(point)
+            if self.stop_early and not self._pending:
+                raise StopForward
 
-    def _hook(self, point: str, needs: list[Need], tap: Tap) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if tap is Tap.OUTPUT_1:
+    def _hook(self, point: str, target: HookTarget, needs: list[Need], patches: list[Patch]) -> Callable[..., Any]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            if target.tap is Tap.OUTPUT_1:
                 value = output[1] if isinstance(output, tuple) and len(output) > 1 else None
                 if value is None:
                     raise RuntimeError(
                         f"{point}: the attention module returned no weights; "
                         "the model must run with eager attention"
                     )
-            else:
-                value = output[0] if isinstance(output, tuple) else output
-            self._store(point, needs, value)
+                self._store(point, needs, value)
+                return None
+            value = _first(output)
+            new = self._patched(point, target, patches, value)
+            self._store(point, needs, new)
+            if new is value:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
 
-    def _pre_hook(self, point: str, needs: list[Need]) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    def _pre_hook(self, point: str, target: HookTarget, needs: list[Need], patches: list[Patch]) -> Callable[..., Any]:
+        heads = target.tap is Tap.HEADS
+        n_heads = self.modules_heads() if heads else 0
+
+        def hook(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
             value = args[0] if args else kwargs["hidden_states"]
-            self._store(point, needs, value)
+            if heads:  # [batch, pos, heads * d_head] -> [batch, pos, head, d_head]
+                value = value.unflatten(-1, (n_heads, -1))
+            new = self._patched(point, target, patches, value)
+            self._store(point, needs, new)
+            if new is value:
+                return None
+            if heads:
+                new = new.flatten(-2)
+            if args:
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new}
 
         return hook
 
-
-def all_points(modules: ModuleMap) -> list[str]:
-    return point_names(modules.n_layers)
+    def modules_heads(self) -> int:
+        if self.loaded is not None:
+            return self.loaded.info.n_heads
+        config: Any = getattr(self.modules.model, "config", None)
+        return int(getattr(config, "num_attention_heads", getattr(config, "n_head", 0)))

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from lmlens.errors import InvalidParamsError
-from lmlens.wire import AnalysisResult, Float32Array, ModelRef, Token
+from lmlens.wire import AnalysisResult, FieldAccess, Float32Array, ModelRef, Token
 
 RULE_CAUSAL = "most-left-context: each token takes the window where it has the most tokens before it"
 RULE_ENCODER = "farthest-from-edge: each token takes the window where it is farthest from both edges"
@@ -50,7 +50,7 @@ class WindowResult(msgspec.Struct, frozen=True, kw_only=True):
     result: AnalysisResult
 
 
-class DocumentResult(msgspec.Struct, frozen=True, kw_only=True):
+class DocumentResult(FieldAccess, msgspec.Struct, frozen=True, kw_only=True):
     """A whole document's analysis, stitched from windows."""
 
     model: ModelRef
@@ -60,6 +60,10 @@ class DocumentResult(msgspec.Struct, frozen=True, kw_only=True):
     stitch_rule: str
     per_token: dict[str, dict[str, Float32Array]]  # method -> field -> array, token axis = document
     window_results: list[WindowResult] | None = None
+    window_size: int = 0  # document tokens per window actually used (special tokens not counted)
+    stride: int = 0
+    requested_window_size: int = 0  # what was asked (max_length); above window_size when clamped
+    notes: list[str] = []  # adjustments made to the request, e.g. a max_length clamped to the limit
 
 
 def plan_windows(n_tokens: int, window_size: int, stride: int) -> list[tuple[int, int]]:

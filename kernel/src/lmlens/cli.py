@@ -76,8 +76,8 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
 def models_command(ctx: click.Context, as_json: bool) -> None:
     """List model aliases, where their weights come from, and whether they are installed."""
     rows = [
-        wire.ModelInfoRow(
-            alias=a.name,
+        wire.ModelRow(
+            name=a.name,
             description=a.description,
             source=a.source,
             installed=a.locate() is not None,
@@ -90,7 +90,7 @@ def models_command(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         state = "installed" if row.installed else f"missing: {row.install_hint}"
-        click.echo(f"{row.alias:14} {state}\n  {row.description}\n  from {row.source}")
+        click.echo(f"{row.name:14} {state}\n  {row.description}\n  from {row.source}")
 
 
 def _parse_params(raw: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -134,12 +134,12 @@ def _summary(result: wire.AnalysisResult) -> str:
 
 @cli.command("analyze")
 @click.argument("text")
-@click.option("--method", "-m", "methods", multiple=True, default=["attention"], show_default=True)
+@click.option("--method", "-m", "methods", multiple=True, help="repeatable (default: the plugins' default methods)")
 @click.option("--model", default=None, help="alias, directory, .gguf file or hub id")
 @click.option("--param", "-p", "params", multiple=True, help="METHOD.NAME=JSON, repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="also write the JSON result to this file")
+              help="write the JSON result to this file (with --json: instead of stdout)")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
 @click.option("--dtype", default=None, help="float32, float16, bfloat16 (default: float32)")
 @click.pass_context
@@ -159,17 +159,17 @@ def analyze_command(
     from lmlens.analyzer import Analyzer
 
     analyzer = Analyzer(model, device=device, dtype=dtype, plugins=_host(ctx))
-    result = analyzer.analyze(text, methods=list(methods), params=_parse_params(params))
+    result = analyzer.analyze(text, methods=list(methods) or None, params=_parse_params(params))
     encoded = wire.to_json(result)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(encoded)
-    if as_json:
-        click.echo(encoded)
-    else:
+    if as_json and output is None:
+        click.echo(encoded)  # the JSON goes to one place: the file when -o is given, else stdout
+    elif not as_json:
         click.echo(_summary(result))
-        if output is not None:
-            click.echo(f"wrote {output} ({len(encoded) / 1e6:.1f} MB)")
+    if output is not None:
+        click.echo(f"wrote {output} ({len(encoded) / 1e6:.3g} MB)", err=as_json)
 
 
 def _read_document(source: str) -> str:
@@ -183,7 +183,7 @@ def _read_document(source: str) -> str:
 
 @cli.command("analyze-document")
 @click.argument("document")
-@click.option("--method", "-m", "methods", multiple=True, default=["attention"], show_default=True)
+@click.option("--method", "-m", "methods", multiple=True, help="repeatable (default: the plugins' default methods)")
 @click.option("--model", default=None, help="alias, directory, .gguf file or hub id")
 @click.option("--param", "-p", "params", multiple=True, help="METHOD.NAME=JSON, repeatable")
 @click.option("--window-size", default=512, show_default=True, help="tokens per window")
@@ -212,7 +212,7 @@ def analyze_document_command(
 
     analyzer = Analyzer(model, plugins=_host(ctx))
     stream = analyzer.analyze_document_streaming(
-        _read_document(document), methods=list(methods), params=_parse_params(params),
+        _read_document(document), methods=list(methods) or None, params=_parse_params(params),
         window_size=window_size, stride=stride,
     )
     mem = stream.estimate.memory_estimate_gb
@@ -235,7 +235,7 @@ def analyze_document_command(
 
 @cli.command("estimate")
 @click.argument("text")
-@click.option("--method", "-m", "methods", multiple=True, default=["attention"], show_default=True)
+@click.option("--method", "-m", "methods", multiple=True, help="repeatable (default: the plugins' default methods)")
 @click.option("--model", default=None)
 @click.option("--window-size", type=int, default=None, help="tokens per window (default: one pass)")
 @click.option("--stride", type=int, default=None)
@@ -250,9 +250,50 @@ def estimate_command(
 
     analyzer = Analyzer(model, plugins=_host(ctx))
     found = analyzer.estimate_processing_requirements(
-        text, list(methods), window_size=window_size, stride=stride
+        text, list(methods) or None, window_size=window_size, stride=stride
     )
     click.echo(wire.to_json(found))
+
+
+@cli.group("artifacts", invoke_without_command=True)
+@click.option("--kind", default=None, help="only this kind (sae, failure_predictor, anomaly_detector, ...)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+@friendly_errors
+def artifacts_command(ctx: click.Context, kind: str | None, as_json: bool) -> None:
+    """List fitted artifacts (SAEs, predictors, detectors) with their metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from lmlens.analyzer import Analyzer
+
+    rows = Analyzer(plugins=_host(ctx)).artifacts(kind)
+    if as_json:
+        click.echo(wire.to_json(rows))
+        return
+    if not rows:
+        click.echo("no artifacts" + (f" of kind {kind}" if kind else ""))
+    for row in rows:
+        metrics = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in row.metrics.items()
+            if isinstance(v, (int, float, str))
+        )
+        where = "builtin" if row.builtin else row.path
+        click.echo(f"{row.kind:<18} {row.name:<28} {row.model_name:<14} {metrics}  [{where}]")
+
+
+@artifacts_command.command("delete")
+@click.argument("kind")
+@click.argument("name")
+@click.pass_context
+@friendly_errors
+def artifacts_delete(ctx: click.Context, kind: str, name: str) -> None:
+    """Delete the artifact KIND NAME from the store."""
+    from lmlens.analyzer import Analyzer
+
+    if not Analyzer(plugins=_host(ctx)).delete_artifact(kind, name):
+        _fail("artifact_not_found", f"no {kind} artifact named {name!r}")
+    click.echo(f"deleted {kind} {name}")
 
 
 def main() -> None:

@@ -50,6 +50,13 @@ class ModelLoadError(LmlensError):
     http_status = 500
 
 
+class DeviceUnavailableError(LmlensError):
+    """MODEL_DEVICE (or ``device=``) names a device this torch build or machine lacks."""
+
+    code = "device_unavailable"
+    http_status = 503
+
+
 class UnsupportedArchitectureError(LmlensError):
     code = "unsupported_architecture"
     http_status = 422

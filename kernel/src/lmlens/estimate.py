@@ -16,6 +16,7 @@ import msgspec
 from lmlens.capture import Need
 from lmlens.method import Method
 from lmlens.models import ModelInfo
+from lmlens.wire import FieldAccess
 
 GB = 1024**3
 DEFAULT_FLOPS_PER_SECOND = 2.0e10  # two CPU cores in float32; replaced by measured throughput
@@ -30,7 +31,7 @@ MLP_COPIES = 4
 RESID_COPIES = 8
 
 
-class MemoryBreakdown(msgspec.Struct, frozen=True, kw_only=True):
+class MemoryBreakdown(FieldAccess, msgspec.Struct, frozen=True, kw_only=True):
     weights_gb: float
     activations_gb: float
     attention_gb: float
@@ -38,8 +39,11 @@ class MemoryBreakdown(msgspec.Struct, frozen=True, kw_only=True):
     total_gb: float
 
 
-class ProcessingEstimate(msgspec.Struct, frozen=True, kw_only=True):
-    """What an analysis will cost, before it runs."""
+class ProcessingEstimate(FieldAccess, msgspec.Struct, frozen=True, kw_only=True):
+    """What an analysis will cost, before it runs.
+
+    Read as attributes or keys: ``found["memory_estimate_gb"]["total_gb"]``.
+    """
 
     n_tokens: int
     window_size: int  # tokens per forward pass (== n_tokens when not chunked)
@@ -48,6 +52,7 @@ class ProcessingEstimate(msgspec.Struct, frozen=True, kw_only=True):
     estimated_seconds: float
     limit_gb: float
     fits: bool
+    reasons: list[str] = []  # why the work would be refused (memory, tokens per pass); empty when it fits
 
 
 def _dtype_bytes(info: ModelInfo) -> int:
@@ -98,11 +103,17 @@ def estimate(
     stride: int | None = None,
     limit_gb: float,
     flops_per_second: float = DEFAULT_FLOPS_PER_SECOND,
+    needs: Sequence[Need] | None = None,
+    token_limit: int | None = None,
 ) -> ProcessingEstimate:
+    """``needs``: the planned needs of the shared pass (planned once per request);
+    ``token_limit``: the most tokens one pass may hold, so the estimate refuses what
+    ``analyze`` would refuse."""
     window = min(window_size or n_tokens, n_tokens)
     stride = stride or window
     n_windows = 1 if n_tokens <= window else 1 + -(-(n_tokens - window) // stride)
-    needs = [need for m in methods for need in m.needs(info, params[m.name])]
+    if needs is None:
+        needs = [need for m in methods for need in m.make_plan(info, params[m.name]).needs]
     kept_attention, kept_other = kept_bytes(info, needs, window)
     if n_windows > 1:
         # A streaming consumer still holds window i (``for w in stream`` rebinds ``w`` only
@@ -117,6 +128,16 @@ def estimate(
     activations = kept_other + transient_other
     total = weights + attention + activations + gradients
     seconds = n_windows * forward_flops(info, window) / flops_per_second
+    reasons = []
+    if total / GB > limit_gb:
+        reasons.append(
+            f"needs an estimated {total / GB:.3g} GB; the limit is {limit_gb:g} GB (MEMORY_LIMIT_GB)"
+        )
+    if token_limit is not None and window > token_limit:
+        reasons.append(
+            f"{window} tokens in one pass; the limit is {token_limit} (MAX_SEQUENCE_LENGTH or the model's "
+            "context): use streaming or analyze_efficient with a smaller window"
+        )
     return ProcessingEstimate(
         n_tokens=n_tokens,
         window_size=window,
@@ -130,5 +151,6 @@ def estimate(
         ),
         estimated_seconds=seconds,
         limit_gb=limit_gb,
-        fits=total / GB <= limit_gb,
+        fits=not reasons,
+        reasons=reasons,
     )

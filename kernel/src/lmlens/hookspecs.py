@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import click
 
     from lmlens.architectures import Architecture
+    from lmlens.artifacts import ArtifactStoreProtocol
     from lmlens.jobs import Job, JobQueue
     from lmlens.method import Method
     from lmlens.models import LoadedModel, LoadOptions, ModelAlias
+    from lmlens.settings import Settings
 
 hookspec = pluggy.HookspecMarker("lmlens")
 hookimpl = pluggy.HookimplMarker("lmlens")
@@ -89,3 +93,32 @@ def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None
 @hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``lmlens`` command line: ``@cli.command()``."""
+
+
+@hookspec
+def register_artifacts(register: Callable[[str | Path], None]) -> None:
+    """Call ``register(directory)`` for each fitted artifact this plugin ships (a
+    directory holding ``artifact.json`` and ``tensors.safetensors``, as
+    ``ArtifactStore.save`` writes them), usually package data inside the wheel.
+
+    Shipped artifacts are listed as ``builtin`` and are read-only; a user's artifact of
+    the same kind and name takes precedence.
+    """
+
+
+@hookspec(firstresult=True)
+def artifact_store(settings: Settings, builtins: list[Path]) -> ArtifactStoreProtocol | None:
+    """Return the store that holds fitted artifacts (a shared directory, an object store)
+    for every process that uses these settings, or ``None`` for the kernel's default:
+    ``ArtifactStore(LMLENS_ARTIFACT_DIR or <cache dir>/artifacts, builtins)``.
+    """
+
+
+@hookspec
+def register_verbs(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Call ``register(name, function)`` to add a convenience verb to ``Analyzer``:
+    ``analyzer.<name>(*args, **kwargs)`` calls ``function(analyzer, *args, **kwargs)``.
+
+    For the product's own names (``train_sae``, ``detect_anomalies``,
+    ``predict_failure_probability``). Verb names are global; the first plugin wins.
+    """

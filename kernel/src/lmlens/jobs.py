@@ -21,6 +21,13 @@ class UnknownJobKindError(LmlensError):
     code = "unknown_job_kind"
 
 
+class QueueUnavailableError(LmlensError):
+    """No job queue is configured or reachable (install lmlens-worker, set REDIS_URL)."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+
 class JobCancelled(LmlensError):
     code = "job_cancelled"
     http_status = 409

@@ -13,6 +13,7 @@ from lmlens.wire import Result, Token
 if TYPE_CHECKING:
     import torch
 
+    from lmlens.artifacts import Artifact
     from lmlens.cache import Cache
     from lmlens.capture import Need
     from lmlens.models import LoadedModel, ModelInfo
@@ -33,9 +34,30 @@ class Trace:
     input_ids: torch.Tensor  # [1, pos]
     activations: Mapping[str, Any]
     cache: Cache | None = None  # the analyzer's result cache, for what is worth sharing (probe scores)
+    state: Any = None  # what this method's plan() handed over (Plan.state)
+    resolve_artifact: Callable[[str, str], Artifact] | None = None
 
     def __getitem__(self, name: str) -> Any:
         return self.activations[name]
+
+    def artifact(self, kind: str, name: str) -> Artifact:
+        """A fitted artifact, checked against this trace's model and memoised by content hash."""
+        if self.resolve_artifact is None:
+            raise RuntimeError("this trace was built without an artifact store")
+        return self.resolve_artifact(kind, name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a method decided once per request: the needs of the shared pass, and any
+    state it wants back in ``run`` (``trace.state``), such as buffers or resolved options.
+
+    Need keys are the method's own: the kernel namespaces them, so two methods may both
+    name a need ``"entropy"``.
+    """
+
+    needs: Sequence[Need] = ()
+    state: Any = None
 
 
 @dataclass(frozen=True)
@@ -64,3 +86,13 @@ class Method:
     tags: tuple[str, ...] = field(default_factory=tuple)
     token_fields: Mapping[str, int] = field(default_factory=dict)
     extra_bytes: Callable[[ModelInfo, Any, int], float] | None = None
+    # plan(info, params) -> Plan, called once per request instead of needs() when given
+    plan: Callable[[ModelInfo, Any], Plan] | None = None
+    # artifacts(params) -> [(kind, name)]: the fitted artifacts these params use; checked
+    # against the model before any work, and their content hashes enter the cache key
+    artifacts: Callable[[Any], Sequence[tuple[str, str]]] | None = None
+
+    def make_plan(self, info: ModelInfo, params: Any) -> Plan:
+        if self.plan is not None:
+            return self.plan(info, params)
+        return Plan(needs=tuple(self.needs(info, params)))

@@ -11,7 +11,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections import OrderedDict
@@ -19,12 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from lmlens.architectures import Architecture, ModuleMap, find_architecture
-from lmlens.errors import ModelLoadError, ModelNotInstalledError, UnknownModelError
+from lmlens.errors import DeviceUnavailableError, ModelLoadError, ModelNotInstalledError, UnknownModelError
 
 CONVERSION_VERSION = "2"
 
@@ -87,7 +90,9 @@ class LoadedModel:
     modules: ModuleMap
     info: ModelInfo
     device: torch.device
-    _attn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Held by run_forward for a whole pass: hooks, attention switch, pass, hook removal.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -186,9 +191,34 @@ def package_dir(module_name: str) -> Path | None:
 
 
 def pick_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``: a device this torch build can use, or
+    ``DeviceUnavailableError`` (code ``device_unavailable``) saying why not."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceUnavailableError(
+            f"unknown device {device!r} (MODEL_DEVICE): use auto, cpu, cuda, cuda:N or mps ({exc})", field="device"
+        ) from None
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceUnavailableError(
+                f"device {device!r} (MODEL_DEVICE) is not available: {build} "
+                f"(torch {torch.__version__}); use MODEL_DEVICE=cpu or auto",
+                field="device",
+            )
+        if picked.index is not None and picked.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible",
+                field="device",
+            )
+    if picked.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(
+            f"device {device!r} (MODEL_DEVICE) is not available on this machine; use cpu or auto", field="device"
+        )
+    return picked
 
 
 def pick_dtype(dtype: str) -> torch.dtype:
@@ -226,6 +256,8 @@ def load(spec: str, options: LoadOptions) -> LoadedModel:
         elif path.is_dir():
             revision = _dir_revision(path)
         elif _looks_like_hub_id(spec) and options.allow_hub:
+            if hub_offline():
+                return _finish(name, *_load_offline(spec, device, dtype, sorted(options.aliases)), options)
             return _finish(name, *_load_pretrained(spec, device, dtype, local=False), options)
         else:
             known = ", ".join(sorted(options.aliases)) or "none"
@@ -252,9 +284,52 @@ def _finish(
     )
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def _looks_like_hub_id(spec: str) -> bool:
+    """``owner/name`` or a single name (``gpt2``, ``bert-base-uncased``: canonical hub models)."""
     parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    return 1 <= len(parts) <= 2 and all(_HUB_NAME.fullmatch(p) for p in parts) and ".." not in spec
+
+
+def hub_offline(timeout: float = 2.0) -> bool:
+    """True when the hub cannot be reached: HF_HUB_OFFLINE is set, or a TCP connection to
+    the hub's host fails within ``timeout`` seconds (instead of the hub client's retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                reached.append(True)
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=probe, daemon=True)  # getaddrinfo ignores socket timeouts
+    worker.start()
+    worker.join(timeout + 0.5)
+    return not reached
+
+
+def _load_offline(
+    spec: str, device: torch.device, dtype: torch.dtype, aliases: Sequence[str] = ()
+) -> tuple[nn.Module, Any, str]:
+    """A hub id without a network: only a copy already in the Hugging Face cache loads."""
+    try:
+        return _load_pretrained(spec, device, dtype, local=True)
+    except ModelLoadError:
+        raise ModelLoadError(
+            f"cannot load {spec!r}: this machine is offline (HF_HUB_OFFLINE is set or the hub does not "
+            f"answer) and {spec!r} is not in the Hugging Face cache. Download it on a connected machine "
+            f"(huggingface-cli download {spec} --local-dir ./{spec.replace('/', '--')}), copy that directory "
+            f"here and pass its path as the model, or use an alias ({', '.join(aliases) or 'none'}; see lmlens models)",
+            field="model",
+        ) from None
 
 
 def _auto_class(architectures: list[str]) -> Any:
@@ -289,6 +364,11 @@ def _load_pretrained(
         )
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as exc:
+        causes = {type(exc).__name__, type(exc.__cause__).__name__}
+        if not local and causes & {"RepositoryNotFoundError", "GatedRepoError"}:
+            raise UnknownModelError(
+                f"the hub has no model {source!r} that can be read without credentials ({exc})", field="model"
+            ) from exc
         raise ModelLoadError(f"could not load {source}: {exc}", field="model") from exc
     revision = str(getattr(config, "_commit_hash", None) or "local")
     return model.to(device), tokenizer, revision

@@ -13,9 +13,11 @@ import os
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import msgspec
 import pluggy
 
 from lmlens import hookspecs
@@ -24,7 +26,7 @@ from lmlens.errors import UnknownMethodError
 from lmlens.jobs import Job, UnknownJobKindError
 from lmlens.method import Method
 from lmlens.models import ModelAlias
-from lmlens.wire import PluginInfo
+from lmlens.wire import PluginInfo, Result
 
 GROUP = "lmlens"
 KERNEL_DIST = "lmlens"
@@ -37,6 +39,22 @@ class _PluginRecord:
     version: str | None
     methods: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+def check_method(method: object) -> None:
+    """What every registered method must be; a violation is the plugin's load error."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register_methods got {type(method).__name__}, not Method")
+    if not (isinstance(method.params, type) and issubclass(method.params, msgspec.Struct)):
+        raise TypeError(f"method {method.name!r}: params must be a msgspec.Struct class")
+    if not (isinstance(method.result, type) and issubclass(method.result, Result)):
+        raise TypeError(f"method {method.name!r}: result must subclass lmlens.Result")
+    tag = method.result.__struct_config__.tag
+    if tag != method.name:
+        raise TypeError(
+            f"method {method.name!r}: its result {method.result.__name__} is tagged {tag!r}; "
+            f"declare it with tag={method.name!r}"
+        )
 
 
 def _short_error(exc: BaseException) -> str:
@@ -62,6 +80,8 @@ class PluginHost:
         self.architectures: list[Architecture] = []
         self.jobs: dict[str, Job] = {}
         self.panels: dict[str, Callable[..., Any]] = {}
+        self.artifact_dirs: list[Path] = []
+        self.verbs: dict[str, Callable[..., Any]] = {}
         if entry_points:
             self._load_entry_points()
         self.refresh()
@@ -101,11 +121,12 @@ class PluginHost:
         self.architectures.clear()
         self.jobs.clear()
         self.panels.clear()
+        self.artifact_dirs.clear()
+        self.verbs.clear()
 
         def add_method(owner: str) -> Callable[[Method], None]:
             def register(method: Method) -> None:
-                if not isinstance(method, Method):
-                    raise TypeError(f"register_methods got {type(method).__name__}, not Method")
+                check_method(method)
                 if method.name in self.methods:
                     raise ValueError(
                         f"method {method.name!r} is already registered by "
@@ -123,6 +144,8 @@ class PluginHost:
         self._collect("register_architectures", lambda _o: self.architectures.append)
         self._collect("register_jobs", lambda _o: lambda job: self.jobs.__setitem__(job.kind, job))
         self._collect("register_panels", lambda _o: self.panels.__setitem__)
+        self._collect("register_artifacts", lambda _o: lambda path: self.artifact_dirs.append(Path(path)))
+        self._collect("register_verbs", lambda _o: lambda name, fn: self.verbs.setdefault(name, fn))
 
     def _collect(self, hook_name: str, make_register: Callable[[str], Callable[..., Any]]) -> None:
         caller = getattr(self.pm.hook, hook_name)

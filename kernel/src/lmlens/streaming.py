@@ -21,20 +21,12 @@ from lmlens.chunking import (
 from lmlens.errors import InvalidParamsError
 from lmlens.method import Method
 from lmlens.models import LoadedModel
+from lmlens.special import special_tokens
 from lmlens.wire import ModelRef, Token
 
 if TYPE_CHECKING:
-    from lmlens.analyzer import Analyzer, Progress
-
-
-def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special token ids the tokenizer puts before and after a text ([CLS] / [SEP], BOS)."""
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    full = tokenizer("x", add_special_tokens=True)["input_ids"]
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return list(full[:i]), list(full[i + len(plain) :])
-    return [], []
+    from lmlens.analyzer import Analyzer
+    from lmlens.request import Progress, Request
 
 
 class DocumentStream:
@@ -51,36 +43,59 @@ class DocumentStream:
         params: Mapping[str, Any] | None,
         *,
         window_size: int,
-        stride: int,
+        stride: int | None,
         model: str | None,
         progress: Progress | None,
+        clamp_window: bool = False,
     ) -> None:
+        """``stride=None``: half the window. ``clamp_window``: a ``window_size`` above what the
+        model and MAX_SEQUENCE_LENGTH allow shrinks to the limit (said in ``notes``) instead
+        of being refused; ``analyze_efficient``'s ``max_length`` is such a request."""
         self.analyzer = analyzer
-        self.document = analyzer.check_text(document, limit=analyzer.settings.max_document_chars)
-        self.methods: list[Method] = analyzer.resolve_methods(
-            list(methods) if not isinstance(methods, str) else methods
-        )
-        self.params = analyzer.resolve_params(self.methods, params)
-        self.loaded: LoadedModel = analyzer.load_model(model)
-        self.prefix, self.suffix = special_tokens(self.loaded.tokenizer)
+        # the cheap checks first, so a bad request never loads a model
+        analyzer.check_text(document, limit=analyzer.settings.max_document_chars)
+        analyzer.resolve_params(analyzer.resolve_methods(methods), params)
+        loaded = analyzer.load_model(model)
+        self.prefix, self.suffix = special_tokens(loaded.tokenizer)
         n_special = len(self.prefix) + len(self.suffix)
-        limit = min(analyzer.settings.max_sequence_length, self.loaded.info.max_positions or 10**9)
+        limit = analyzer.token_limit(loaded)
+        self.notes: list[str] = []
+        self.requested_window_size = window_size
+        if window_size + n_special > limit and clamp_window and limit - n_special >= 1:
+            clamped = limit - n_special
+            self.notes.append(
+                f"max_length {window_size} clamped to {clamped} tokens per window: the limit for "
+                f"{loaded.name} is {limit} tokens (MAX_SEQUENCE_LENGTH "
+                f"{analyzer.settings.max_sequence_length}, the model's {loaded.info.max_positions or 'unbounded'} "
+                f"positions), {n_special} of them special tokens"
+            )
+            if stride is not None and stride > clamped:
+                self.notes.append(f"stride {stride} clamped to the window, {clamped}")
+                stride = clamped
+            window_size = clamped
+        if stride is None:
+            stride = max(1, window_size // 2)
+        self.window_size, self.stride = window_size, stride
         if window_size + n_special > limit:
             raise InvalidParamsError(
                 f"window_size {window_size} (+{n_special} special tokens) exceeds the limit of "
-                f"{limit} tokens for {self.loaded.name}",
+                f"{limit} tokens for {loaded.name}",
                 field="window_size",
             )
+        self.request: Request = analyzer.prepare(
+            document, methods, params, model=model, document=True,
+            window_size=window_size + n_special, stride=stride,
+        )
+        self.document = self.request.text
+        self.methods: list[Method] = list(self.request.methods)
+        self.params = self.request.params
+        self.loaded: LoadedModel = self.request.loaded
         self.ids, self.spans = analyzer.tokenize_document(self.loaded, self.document)
         if not self.ids:
             raise InvalidParamsError("the document has no tokens", field="text")
         self.plan = plan_windows(len(self.ids), window_size, stride)
-        self.estimate = analyzer.check_memory(
-            analyzer._estimate(
-                self.loaded, self.methods, self.params, n_tokens=len(self.ids),
-                window_size=window_size + n_special, stride=stride,
-            )
-        )
+        assert self.request.estimate is not None
+        self.estimate = self.request.estimate
         self.progress = progress
         pieces = self.loaded.tokenizer.convert_ids_to_tokens(self.ids)
         self.tokens = [
@@ -119,9 +134,7 @@ class DocumentStream:
                 for i, p in zip(self.suffix, tokenizer.convert_ids_to_tokens(self.suffix), strict=True)
             ]
             input_ids = torch.tensor([ids])  # [1, pos]
-            result = self.analyzer._run_pass(
-                self.loaded, text, input_ids, tokens, self.methods, self.params, self.progress
-            )
+            result = self.analyzer.run_uncached(self.request.window(text, input_ids, tokens), progress=self.progress)
             yield WindowResult(window=window, n_windows=len(self.windows), offset=len(self.prefix), result=result)
             del result  # the consumer holds the window now; do not keep it through the next one
 
@@ -149,4 +162,8 @@ def collect_document(stream: DocumentStream, *, keep_windows: bool = False) -> D
         stitch_rule=RULE_CAUSAL if causal else RULE_ENCODER,
         per_token=per_token,
         window_results=per_window if keep_windows else None,
+        window_size=stream.window_size,
+        stride=stream.stride,
+        requested_window_size=stream.requested_window_size,
+        notes=list(stream.notes),
     )

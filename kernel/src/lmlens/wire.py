@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import operator
+import threading
 import typing
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Iterator
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import numpy as np
@@ -38,12 +41,63 @@ class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
     family: str
 
 
-class Result(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
-    """Base of every method's result. Each plugin subclasses it with ``tag="<method>"``."""
+class FieldAccess:
+    """Mapping-style reads on a Struct: ``result["patterns"]`` is ``result.patterns``.
+
+    The product description's readers type ``results["attention"]["patterns"]``; the
+    attributes stay the primary API. ``keys()`` are the Struct's fields plus the names a
+    subclass lists in ``mapping_aliases`` (properties such as ``token_importance``).
+    """
+
+    __slots__ = ()
+    mapping_aliases: ClassVar[tuple[str, ...]] = ()
+
+    def keys(self) -> list[str]:
+        fields: tuple[str, ...] = getattr(self, "__struct_fields__", ())
+        return [*fields, *(a for a in self.mapping_aliases if a not in fields)]
+
+    def __getitem__(self, key: str) -> Any:
+        if isinstance(key, str) and key in self.keys():
+            return getattr(self, key)
+        raise KeyError(f"{type(self).__name__} has no {key!r}; it has: {', '.join(self.keys())}")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (this is get itself)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return ((k, getattr(self, k)) for k in self.keys())
 
 
-class AnalysisResult(msgspec.Struct, frozen=True, kw_only=True):
-    """One request's answer: the tokens, and one Result per requested method."""
+class Result(FieldAccess, msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every method's result. Each plugin subclasses it with ``tag="<method>"``.
+
+    Fields read as attributes or as keys: ``result.patterns`` or ``result["patterns"]``.
+    """
+
+
+_owners: weakref.WeakValueDictionary[int, AnalysisResult] = weakref.WeakValueDictionary()
+_owners_lock = threading.Lock()
+
+
+def owner_of(method_result: Result) -> AnalysisResult | None:
+    """The live AnalysisResult that holds ``method_result``, if any: it lets a picture of
+    ``result["attention"]`` label its axes with the analysed tokens."""
+    with _owners_lock:
+        owner = _owners.get(id(method_result))
+    if owner is None or not any(r is method_result for r in owner.methods.values()):
+        return None
+    return owner
+
+
+class AnalysisResult(msgspec.Struct, frozen=True, kw_only=True, weakref=True):
+    """One request's answer: the tokens, and one Result per requested method.
+
+    ``result["attention"]`` is ``result.methods["attention"]`` (the product description's
+    spelling); ``keys()`` are the method names. Other fields are attributes only.
+    """
 
     model: ModelRef
     text: str
@@ -52,6 +106,32 @@ class AnalysisResult(msgspec.Struct, frozen=True, kw_only=True):
     timings_ms: dict[str, float] = {}
     cached: bool = False
 
+    def __post_init__(self) -> None:
+        self._remember()
+
+    def _remember(self) -> None:
+        with _owners_lock:
+            for found in self.methods.values():
+                _owners[id(found)] = self
+
+    def keys(self) -> list[str]:
+        return list(self.methods)
+
+    def __getitem__(self, method: str) -> Result:
+        if isinstance(method, str) and method in self.methods:
+            self._remember()  # copies made by msgspec.structs.replace skip __post_init__
+            return self.methods[method]
+        raise KeyError(
+            f"the result has no {method!r} analysis; it has: {', '.join(self.methods) or 'none'}"
+            + (f" (use result.{method} for the {method!r} field)" if method in self.__struct_fields__ else "")
+        )
+
+    def __contains__(self, method: object) -> bool:
+        return method in self.methods
+
+    def get(self, method: str, default: Any = None) -> Any:
+        return self.methods.get(method, default)
+
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     """An error as every adapter reports it."""
@@ -59,13 +139,6 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     message: str
     field: str | None = None
-
-
-class AnalyzeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    text: str
-    model: str | None = None
-    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
-    params: dict[str, dict[str, Any]] = {}
 
 
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,12 +150,16 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-class ModelInfoRow(msgspec.Struct, frozen=True, kw_only=True):
-    alias: str
+class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A model a user may name: ``lmlens models`` and the service's ``GET /models``."""
+
+    name: str
     description: str
-    source: str
     installed: bool
+    source: str = ""
     install_hint: str | None = None
+    loaded: bool = False  # in memory in this process (the service)
+    default: bool = False  # used when a request names no model
 
 
 # --- array encoding -------------------------------------------------------------------
@@ -179,3 +256,25 @@ def _result_type(classes: tuple[type[Result], ...]) -> type[AnalysisResult]:
         kw_only=True,
     )
     return typed  # type: ignore[no-any-return]
+
+
+def detached_analysis(method_result: Result, method: str) -> AnalysisResult:
+    """An AnalysisResult around a method result whose analysis is gone (``owner_of`` found
+    none): the tokens are unknown, so they are labelled by position, ``[0]``, ``[1]`` ..."""
+    n = 0
+    tokens = getattr(method_result, "tokens", None)
+    patterns = getattr(method_result, "patterns", None)
+    scores = getattr(method_result, "scores", None)
+    if isinstance(tokens, list):
+        n = len(tokens)
+    elif isinstance(patterns, np.ndarray) and patterns.ndim >= 2:
+        n = int(patterns.shape[-1])
+    elif isinstance(scores, np.ndarray) and scores.ndim == 1:
+        n = int(scores.shape[0])
+    placeholders = [Token(id=-1, piece=f"[{i}]", text=f"[{i}]", start=0, end=0) for i in range(n)]
+    return AnalysisResult(
+        model=ModelRef(name="unknown", revision="", family=""),
+        text="",
+        tokens=placeholders,
+        methods={method: method_result},
+    )

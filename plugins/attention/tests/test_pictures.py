@@ -38,10 +38,14 @@ class _Scripts(HTMLParser):
         self._in_json = False
 
 
-def read_html(path: Path) -> tuple[_Scripts, dict]:
+def read_html(path: Path, *, cdn: bool = False) -> tuple[_Scripts, dict]:
     parser = _Scripts()
-    parser.feed(path.read_text(encoding="utf-8"))
-    assert any("cdn.bokeh.org" in s for s in parser.sources), "BokehJS comes from the CDN"
+    text = path.read_text(encoding="utf-8")
+    parser.feed(text)
+    if cdn:
+        assert any("cdn.bokeh.org" in s for s in parser.sources), "resources='cdn': BokehJS comes from the CDN"
+    else:  # the default: the page opens offline
+        assert parser.sources == [] and "cdn.bokeh.org" not in text, "BokehJS is inlined"
     (doc,) = parser.json_docs
     return parser, json.loads(doc)
 
@@ -56,12 +60,17 @@ def analysis(tiny_models, plugin_host):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_panel_writes_small_valid_html_and_png(analysis, tmp_path: Path, method: str) -> None:
     html, png = tmp_path / f"{method}.html", tmp_path / f"{method}.png"
-    layout = PANELS[method](analysis, save_path=str(html))
+    layout = PANELS[method](analysis, save_path=str(html), resources="cdn")
     assert layout is not None
     PANELS[method](analysis, save_path=str(png))
-    _, doc = read_html(html)
+    _, doc = read_html(html, cdn=True)
     assert doc, "the page embeds a Bokeh document"
-    assert html.stat().st_size < 100_000
+    assert html.stat().st_size < 100_000  # the document itself, without BokehJS
+    offline = tmp_path / f"{method}-offline.html"
+    PANELS[method](analysis, save_path=str(offline))  # the default: BokehJS inlined
+    _, same = read_html(offline)
+    assert same, "the offline page embeds the document too"
+    assert offline.stat().st_size < 5_000_000
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
@@ -71,9 +80,9 @@ def test_every_panel_writes_small_valid_html_and_png(analysis, tmp_path: Path, m
 
 def test_pattern_page_carries_the_map_and_token_hover(analysis, tmp_path: Path) -> None:
     path = tmp_path / "head.html"
-    attention_panel(analysis, save_path=str(path), layer=1, head=2)
+    attention_panel(analysis, save_path=str(path), layer=1, head=2, resources="cdn")
     text = path.read_text(encoding="utf-8")
-    read_html(path)
+    read_html(path, cdn=True)
     assert "HoverTool" in text and "CustomJSHover" in text
     assert "layer 1 head 2" in text
     # every token label is in the page once, for the hover to look up
@@ -169,3 +178,18 @@ def test_analyzer_visualize_attention_uses_this_panel(tiny_models, plugin_host, 
         assert image.format == "PNG"
     analyzer.visualize(result, "head_patterns", save_path=str(tmp_path / "ind.html"), category="induction")
     read_html(tmp_path / "ind.html")
+
+
+def test_saved_pages_open_offline_and_stay_under_5_mb(tiny_models, plugin_host, tmp_path: Path) -> None:
+    from lmlens import Analyzer
+
+    text = " ".join(["attention pictures must open without a network"] * 5)  # 250 byte tokens
+    analysis = Analyzer(tiny_models["gpt2"], plugins=plugin_host).analyze(text, methods=["attention"])
+    path = tmp_path / "offline.html"
+    attention_panel(analysis, save_path=str(path), layer=0, head=1)
+    page = path.read_text(encoding="utf-8")
+    assert "cdn.bokeh.org" not in page and "<script src=" not in page
+    assert "Bokeh.embed" in page or "embed_items" in page  # BokehJS itself is in the file
+    assert path.stat().st_size < 5_000_000
+    with pytest.raises(InvalidParamsError, match="inline or cdn"):
+        attention_panel(analysis, save_path=str(path), resources="web")

@@ -118,7 +118,9 @@ def test_unreliable_result_is_flagged_everywhere(tiny_analyzer):
     result = analyzer.analyze(
         TEXT,
         methods=["importance"],
-        params={"importance": {"steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-6, "faithfulness": False}},
+        params={"importance": {
+            "method": "integrated_gradients", "steps": 2, "rule": "riemann_trapezoid",
+            "tolerance": 1e-6, "faithfulness": False}},
     )
     found = result.methods["importance"]
     assert found.unreliable and found.convergence.unreliable and not found.convergence.converged
@@ -132,7 +134,8 @@ def test_unreliable_result_is_flagged_everywhere(tiny_analyzer):
 
 def test_converged_result_is_not_flagged(tiny_analyzer):
     result = tiny_analyzer("gpt2").analyze(
-        TEXT, methods=["importance"], params={"importance": {"steps": 64, "faithfulness": False}}
+        TEXT, methods=["importance"], params={"importance": {"method": "integrated_gradients", "steps": 64,
+                                                "faithfulness": False}}
     )
     found = result.methods["importance"]
     assert not found.unreliable and found.convergence.relative_delta < 0.05
@@ -141,6 +144,7 @@ def test_converged_result_is_not_flagged(tiny_analyzer):
 
 def test_adaptive_doubles_until_within_tolerance_or_cap(tiny_analyzer):
     params = {
+        "method": "integrated_gradients",
         "steps": 4,
         "max_steps": 128,
         "adaptive": True,

@@ -25,7 +25,9 @@ def results(tiny_models, plugin_host, tmp_path_factory):
     bad = analyzer.analyze(
         TEXT,
         methods=["importance"],
-        params={"importance": {"steps": 2, "rule": "riemann_trapezoid", "tolerance": 1e-9, "faithfulness": False}},
+        params={"importance": {
+            "method": "integrated_gradients", "steps": 2, "rule": "riemann_trapezoid",
+            "tolerance": 1e-9, "faithfulness": False}},
     )
     return good, bad
 
@@ -67,3 +69,13 @@ def test_bad_picture_requests_are_typed_errors(results, tmp_path):
         importance_panel(results[0], view="letters")
     with pytest.raises(InvalidParamsError):
         importance_panel(results[0], colour="red")
+
+
+def test_saved_html_opens_offline(results, tmp_path):
+    path = tmp_path / "offline.html"
+    importance_panel(results[0], save_path=str(path))
+    page = path.read_text()
+    assert "cdn.bokeh.org" not in page and "<script src=" not in page
+    assert path.stat().st_size < 5_000_000
+    importance_panel(results[0], save_path=str(tmp_path / "cdn.html"), resources="cdn")
+    assert "cdn.bokeh.org" in (tmp_path / "cdn.html").read_text()

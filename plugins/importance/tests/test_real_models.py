@@ -64,7 +64,8 @@ def test_integrated_gradients_agree_with_captum(smollm2, baseline):
         result = smollm2.analyze(
             prompt,
             methods=["importance"],
-            params={"importance": {"baseline": baseline, "steps": STEPS, "faithfulness": False}},
+            params={"importance": {"method": "integrated_gradients", "baseline": baseline, "steps": STEPS,
+                                   "faithfulness": False}},
         ).methods["importance"]
         ids, _ = smollm2.tokenize(loaded, prompt)
         token = result.target.token_ids[0]
@@ -87,7 +88,8 @@ def test_encoder_similarity_on_minilm(lmlens_cache_dir):
     result = analyzer.analyze(
         a,
         methods=["importance"],
-        params={"importance": {"other_text": b, "baseline": "mask", "steps": 32, "faithfulness": True}},
+        params={"importance": {"method": "integrated_gradients", "other_text": b, "baseline": "mask", "steps": 32,
+                                   "faithfulness": True}},
     )
     found = result.methods["importance"]
     loaded = analyzer.model

@@ -7,9 +7,10 @@ bounded pool, encode the result as JSON or MessagePack.
 ``create_app(config)`` builds the Starlette app; ``lmlens serve`` runs it.
 """
 
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("lmlens-http")  # one source of truth: the package metadata
 
 __all__ = ["ServiceConfig", "__version__", "create_app", "load_config"]
 

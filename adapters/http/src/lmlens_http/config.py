@@ -78,6 +78,45 @@ ENVIRONMENT = {
 }
 _LISTS = {"models", "preload"}
 
+# The product description's nested config.yaml (model:, analysis:, api:, visualization:)
+# and the flat keys that replace it; None: no setting of the service does that.
+NESTED = {
+    "model.default_model": "default_model",
+    "model.device": "model_device",
+    "model.fp16": None,  # the environment's MODEL_DTYPE=float16 does
+    "analysis.default_methods": None,
+    "analysis.cache_results": None,  # results are cached whenever a cache exists
+    "api.rate_limit": "rate_limit",
+    "api.timeout": "request_timeout_s",
+    "visualization.default_colormap": None,
+    "visualization.interactive": None,
+}
+_NOTES = {"model.fp16": "set MODEL_DTYPE=float16"}
+
+
+def _reject_nested(file: Path, loaded: dict[str, Any]) -> None:
+    """A nested section (the product description's shape) gets a message naming the flat keys."""
+    flat = set(ServiceConfig.__struct_fields__)
+    sections = [k for k, v in loaded.items() if isinstance(v, dict) and k not in flat]
+    if not sections:
+        return
+    lines = []
+    for section in sections:
+        for key in loaded[section]:
+            dotted = f"{section}.{key}"
+            target = NESTED.get(dotted, "?")
+            if target is None:
+                lines.append(f"{dotted}: no equivalent" + (f" ({_NOTES[dotted]})" if dotted in _NOTES else ""))
+            elif target == "?":
+                lines.append(f"{dotted}: unknown")
+            else:
+                lines.append(f"{dotted} -> {target}")
+    raise ConfigError(
+        f"{file} has nested sections ({', '.join(sections)}); config.yaml takes flat keys "
+        f"({', '.join(sorted(flat))}). Replace: " + "; ".join(lines),
+        field="config",
+    )
+
 
 def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
@@ -113,6 +152,7 @@ def load_config(
             raise ConfigError(f"cannot read {file}: {exc}", field="config") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file} must hold a mapping of settings", field="config")
+        _reject_nested(file, loaded)
         merged.update(loaded)
     merged.update(_from_environment(env))
     merged.update({k: v for k, v in overrides.items() if v is not None})

@@ -17,8 +17,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from lmlens import wire
-from lmlens.wire import ErrorBody, PluginInfo
-from lmlens_http.schemas import Health, ModelRow
+from lmlens.artifacts import ArtifactInfo
+from lmlens.wire import ErrorBody, ModelRow, PluginInfo
+from lmlens_http.schemas import Health
 
 _PATH_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z]+)?}")
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")
@@ -55,10 +56,11 @@ def _content(ref: dict[str, Any]) -> dict[str, Any]:
 
 def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str, Any]:
     types = service.types
-    plugin_list, model_list = list[PluginInfo], list[ModelRow]  # one object each: refs go by id
+    # one object each: refs go by id
+    plugin_list, model_list, artifact_list = list[PluginInfo], list[ModelRow], list[ArtifactInfo]
     named: list[Any] = [
         types.analyze, types.batch, types.result, types.batch_result, ErrorBody,
-        plugin_list, model_list, Health,
+        plugin_list, model_list, artifact_list, Health,
     ]
     for route in extra_routes:
         named.extend(t for t in (route.get("request"), route.get("response")) if t is not None)
@@ -103,6 +105,10 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
                                       types.batch_result, types.batch, post_errors)},
         "/plugins": {"get": op("Installed plugins, their methods and load errors", plugin_list)},
         "/models": {"get": op("Models this server may load (the allowlist)", model_list)},
+        "/artifacts": {"get": {**op("Fitted artifacts (SAEs, predictors, detectors) and their metrics",
+                                    artifact_list),
+                               "parameters": [{"name": "kind", "in": "query", "required": False,
+                                               "schema": {"type": "string"}}]}},
         "/health": {"get": op("Models loaded, cache and Redis state, plugins", Health)},
     }
     for route in extra_routes:

@@ -1,4 +1,4 @@
-"""``GET /plugins``, ``GET /models``, ``GET /health``."""
+"""``GET /plugins``, ``GET /models``, ``GET /artifacts``, ``GET /health``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import lmlens_http
-from lmlens.wire import PluginInfo
+from lmlens.wire import ModelRow, PluginInfo
 from lmlens_http.codec import encode_response
-from lmlens_http.schemas import CacheHealth, Health, ModelRow, PoolHealth
+from lmlens_http.schemas import CacheHealth, Health, PoolHealth
 from lmlens_http.service import Service
 
 
@@ -35,6 +35,7 @@ def model_rows(service: Service) -> list[ModelRow]:
                 name=name,
                 description=alias.description if alias else f"configured model {name}",
                 installed=alias.locate() is not None if alias else True,
+                source=alias.source if alias else name,
                 loaded=name in loaded,
                 default=name == service.default_model,
                 install_hint=alias.install_hint if alias else None,
@@ -72,6 +73,14 @@ async def models(request: Request) -> Response:
     return encode_response(request, await anyio.to_thread.run_sync(model_rows, service))
 
 
+async def artifacts(request: Request) -> Response:
+    """Fitted artifacts (``?kind=sae``), with their metrics; never their tensors or paths."""
+    service: Service = request.app.state.service
+    kind = request.query_params.get("kind") or None
+    rows = await anyio.to_thread.run_sync(service.analyzer.artifacts, kind)
+    return encode_response(request, [msgspec.structs.replace(row, path="") for row in rows])
+
+
 async def health(request: Request) -> Response:
     service: Service = request.app.state.service
     return encode_response(request, await anyio.to_thread.run_sync(health_report, service))
@@ -80,5 +89,6 @@ async def health(request: Request) -> Response:
 ROUTES = [
     Route("/plugins", plugins, methods=["GET"], name="plugins"),
     Route("/models", models, methods=["GET"], name="models"),
+    Route("/artifacts", artifacts, methods=["GET"], name="artifacts"),
     Route("/health", health, methods=["GET"], name="health"),
 ]

@@ -1,6 +1,6 @@
 """The service's own wire types (the kernel's are in ``lmlens.wire``).
 
-Requests forbid unknown fields, like the kernel's ``AnalyzeRequest``, so a typo is a
+Requests forbid unknown fields, so a typo is a
 422 naming the field rather than a silently ignored option.
 """
 
@@ -11,15 +11,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lmlens.wire import AnalysisResult, ErrorBody, PluginInfo
-
-
-class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    description: str
-    installed: bool
-    loaded: bool
-    default: bool
-    install_hint: str | None = None
 
 
 class CacheHealth(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,7 +28,6 @@ from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
 from lmlens_http import codec
 from lmlens_http.caching import EncodedResponses, build_cache
-from lmlens_http.cancellation import install_block_checks
 from lmlens_http.config import ServiceConfig, kernel_settings
 from lmlens_http.errors import BatchTooLargeError, InvalidRequestError, ModelNotAllowedError
 from lmlens_http.pool import AnalysisPool, Listener, Notify
@@ -152,7 +151,6 @@ class Service:
 
     def load(self, spec: str) -> LoadedModel:
         loaded = self.analyzer.load_model(spec)
-        install_block_checks(loaded)
         self._loaded[spec] = loaded
         return loaded
 

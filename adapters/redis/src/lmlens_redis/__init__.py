@@ -7,11 +7,13 @@ dead Redis costs a request nothing), and tries again by itself: the service keep
 answering uncached while Redis is down and caches again once it is back.
 """
 
+import importlib.metadata
+
 from lmlens_redis.cache import RedisCache
 from lmlens_redis.link import LinkHealth, RedisLink, RedisUnavailable
 from lmlens_redis.ratelimit import RedisRateLimiter
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("lmlens-redis")  # one source of truth: the package metadata
 
 __all__ = [
     "LinkHealth",

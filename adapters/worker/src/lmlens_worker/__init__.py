@@ -1,3 +1,5 @@
 """lmlens-worker: long and bulk work on Dramatiq workers with a Redis broker."""
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+__version__ = importlib.metadata.version("lmlens-worker")  # one source of truth: the package metadata

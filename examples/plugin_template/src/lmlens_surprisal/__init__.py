@@ -1,7 +1,14 @@
-"""Per-token log-probability and surprisal: an example of an outside lmlens plugin."""
+"""Per-token log-probability and surprisal: an example of an outside lmlens plugin.
+
+It shows the three things most methods need: a plan (checked once per request), a
+need with a reducer (the next-token entropy is computed inside the hook, so only a
+``[pos]`` vector is kept, not another ``[pos, vocab]`` tensor), and an extra pass through
+the kernel's ``run_forward`` (the same tokens after a ``prefix``).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,14 +17,26 @@ import msgspec
 import numpy as np
 import torch
 
-from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace, hookimpl
-from lmlens.wire import Float32Array
+from lmlens import (
+    Float32Array,
+    InvalidParamsError,
+    Method,
+    ModelInfo,
+    Need,
+    Plan,
+    Result,
+    Trace,
+    hookimpl,
+    run_forward,
+    special_positions,
+)
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("lmlens-surprisal")  # one source of truth: the package metadata
 
 
 class SurprisalParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    # an extra pass: the text's tokens again, after this prefix ("how much does the context help?")
+    prefix: str | None = None
 
 
 class SurprisalResult(Result, frozen=True, kw_only=True, tag="surprisal"):
@@ -25,25 +44,60 @@ class SurprisalResult(Result, frozen=True, kw_only=True, tag="surprisal"):
     bits: Float32Array  # [pos], surprisal -log2 p; NaN for the first token
     next_token: str  # the model's most likely token after the text
     next_logprob: float
+    entropy_bits: Float32Array  # [pos], entropy of the next-token distribution after each token
+    prefix_bits: Float32Array | None = None  # [pos], surprisal after `prefix`; NaN for special tokens
+
+
+def _entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """A reducer: runs inside the hook on [1, pos, vocab] logits and keeps only [pos]."""
+    logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+    return -(logprobs.exp() * logprobs).sum(-1).cpu() / math.log(2)
+
+
+def _plan(info: ModelInfo, params: SurprisalParams) -> Plan:
+    if not info.causal or not info.has_lm_head:
+        raise InvalidParamsError("surprisal needs a causal language model", field="methods")
+    if params.prefix is not None and not params.prefix.strip():
+        raise InvalidParamsError("prefix is empty", field="params.surprisal.prefix")
+    return Plan(needs=[Need("logits"), Need("logits", _entropy_bits, name="entropy")])
 
 
 def _needs(info: ModelInfo, params: SurprisalParams) -> Sequence[Need]:
-    if not info.causal or not info.has_lm_head:
-        raise InvalidParamsError("surprisal needs a causal language model", field="methods")
-    return [Need("logits")]
+    return _plan(info, params).needs
+
+
+def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
+    """logits [pos, vocab], ids [pos] -> [pos - 1]: log p(ids[i] | ids[:i]) for i >= 1."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return logprobs[:-1].gather(1, ids[1:, None].to(logprobs.device))[:, 0].numpy(force=True)
+
+
+def _prefix_bits(trace: Trace, prefix: str) -> np.ndarray:
+    """The extra pass: prefix tokens, then the text's own tokens (special tokens dropped)."""
+    loaded = trace.model
+    special = special_positions(loaded.tokenizer, trace.tokens)
+    keep = [i for i, s in enumerate(special) if not s]
+    head = loaded.tokenizer(prefix, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
+    ids = torch.cat([head, trace.input_ids[0][keep].cpu()])[None]  # [1, n_prefix + n_text]
+    logits = run_forward(loaded, [Need("logits")], input_ids=ids)["logits"][0]
+    picked = _token_logprobs(logits, ids[0])[len(head) - 1 :]  # one per kept text token
+    bits = np.full(len(trace.tokens), np.nan, dtype=np.float32)
+    bits[keep] = -picked / math.log(2)
+    return bits
 
 
 def _run(trace: Trace, params: SurprisalParams) -> SurprisalResult:
-    logprobs = torch.log_softmax(trace["logits"][0].float(), dim=-1)  # [pos, vocab]
-    ids = trace.input_ids[0].to(logprobs.device)  # [pos]
-    picked = logprobs[:-1].gather(1, ids[1:, None])[:, 0]  # [pos - 1]
-    logprob = np.concatenate([[np.nan], picked.numpy(force=True)]).astype(np.float32)
-    best = int(logprobs[-1].argmax())
+    logits = trace["logits"][0]  # [pos, vocab]
+    logprob = np.concatenate([[np.nan], _token_logprobs(logits, trace.input_ids[0])]).astype(np.float32)
+    last = torch.log_softmax(logits[-1].float(), dim=-1)
+    best = int(last.argmax())
     return SurprisalResult(
         logprob=logprob,
         bits=(-logprob / math.log(2)).astype(np.float32),
         next_token=trace.model.tokenizer.decode([best]),
-        next_logprob=float(logprobs[-1, best]),
+        next_logprob=float(last[best]),
+        entropy_bits=trace["entropy"].numpy().astype(np.float32),
+        prefix_bits=_prefix_bits(trace, params.prefix) if params.prefix else None,
     )
 
 
@@ -53,9 +107,10 @@ SURPRISAL = Method(
     params=SurprisalParams,
     result=SurprisalResult,
     needs=_needs,
+    plan=_plan,
     run=_run,
     version=__version__,
-    token_fields={"logprob": 0, "bits": 0},  # lets long documents be stitched back together
+    token_fields={"logprob": 0, "bits": 0, "entropy_bits": 0},  # lets long documents be stitched back together
 )
 
 

@@ -18,6 +18,7 @@ LLAMA = Architecture(
     attn_out_tap=Tap.OUTPUT,
     mlp_out="mlp",
     final="norm",
+    heads_in="self_attn.o_proj",
 )
 
 GPT2 = Architecture(
@@ -31,6 +32,7 @@ GPT2 = Architecture(
     attn_out_tap=Tap.OUTPUT,
     mlp_out="mlp",
     final="ln_f",
+    heads_in="attn.c_proj",
 )
 
 BERT = Architecture(
@@ -46,6 +48,7 @@ BERT = Architecture(
     final=None,
     lm_head="cls",
     causal=False,
+    heads_in="attention.output.dense",
 )
 
 

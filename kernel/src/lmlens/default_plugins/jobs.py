@@ -14,7 +14,7 @@ from lmlens.jobs import Job, JobContext
 
 class AnalyzeBatchParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     texts: list[str]
-    methods: list[str] = msgspec.field(default_factory=lambda: ["attention"])
+    methods: list[str] | None = None  # None: the installed plugins' default methods
     params: dict[str, dict[str, Any]] = {}
     model: str | None = None
 

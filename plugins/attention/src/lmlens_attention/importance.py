@@ -1,9 +1,9 @@
 """Head importance by ablation, batched: many ablated copies of the text per forward pass.
 
-A head's output reaches the residual stream through the attention output projection,
-whose input is the heads' outputs side by side, ``[batch, pos, n_heads * d_head]``.
-Ablating head h of layer l replaces its ``d_head`` slice in that input, in one row of
-the batch: zero ablation with zeros, mean ablation with the head's mean output over
+A head's output reaches the residual stream through the attention output projection;
+the kernel's point ``blocks.{l}.attn.heads`` is that projection's input split by head,
+``[batch, pos, head, d_head]``. Ablating head h of layer l patches its slice there, in
+one row of the batch: zero ablation with zeros, mean ablation with the head's mean output over
 the text's positions. Row r of a pass carries ablation r, so ``batch_size`` ablations
 (of any layers) cost one pass, and the blocks below a pass's lowest ablated layer run
 for one row only.
@@ -11,36 +11,13 @@ for one row only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from lmlens import LoadedModel, Need, UnsupportedArchitectureError
-from lmlens.forward import run_forward
-
-# Where the per-head outputs are concatenated, relative to the attention module.
-_MIXERS = ("o_proj", "c_proj", "out_proj", "dense")
-
-
-def head_mixer(loaded: LoadedModel, layer: int) -> nn.Module:
-    """The module whose input is ``[batch, pos, n_heads * d_head]`` in block ``layer``."""
-    arch = loaded.arch
-    block = loaded.modules.blocks[layer]
-    attn = block.get_submodule(arch.attn)
-    for name in _MIXERS:
-        if hasattr(attn, name):
-            return getattr(attn, name)  # type: ignore[no-any-return]
-    out = block.get_submodule(arch.attn_out)  # BERT: attention.output.dense
-    if isinstance(out, nn.Linear):
-        return out
-    raise UnsupportedArchitectureError(
-        f"{arch.name}: no attention output projection found in block {layer}", field="methods"
-    )
+from lmlens import LoadedModel, Need, Patch, PatchContext, run_forward
 
 
 def uses_loss(loaded: LoadedModel) -> bool:
@@ -82,82 +59,50 @@ class Ablation:
     head: int
 
 
-@contextmanager
-def _ablating(
+Patcher = Callable[[torch.Tensor, PatchContext], torch.Tensor]
+
+
+def _ablate(keep: torch.Tensor, fill: torch.Tensor) -> Patcher:
+    """Per-head outputs [batch, pos, head, d_head]: row r keeps its heads except the ablated one."""
+
+    def patch(heads: torch.Tensor, context: PatchContext) -> torch.Tensor:
+        return heads * keep.to(heads.device, heads.dtype) + fill.to(heads.device, heads.dtype)
+
+    return patch
+
+
+def _widen(rows: int) -> Patcher:
+    """Below the lowest ablated layer every row is the clean run: compute those blocks for
+    one row and widen the residual stream to ``rows`` copies where the ablations start."""
+
+    def patch(resid: torch.Tensor, context: PatchContext) -> torch.Tensor:
+        return resid.expand(rows, *resid.shape[1:]).contiguous()
+
+    return patch
+
+
+def ablation_patches(
     loaded: LoadedModel, rows: Sequence[Ablation], means: dict[int, torch.Tensor]
-) -> Iterator[None]:
-    """Pre-hooks on each touched layer's mixer: row r gets ablation rows[r]."""
-    d_head = loaded.info.d_head
-    handles = []
-    try:
-        for layer in sorted({a.layer for a in rows}):
-            mixer = head_mixer(loaded, layer)
-            keep = torch.ones(len(rows), 1, loaded.info.n_heads * d_head)  # [batch, 1, heads*d_head]
-            fill = torch.zeros_like(keep)
-            for r, a in enumerate(rows):
-                if a.layer != layer:
-                    continue
-                cols = slice(a.head * d_head, (a.head + 1) * d_head)
-                keep[r, 0, cols] = 0.0
-                if a.kind == "mean":
-                    fill[r, 0, cols] = means[layer][cols]
-            handles.append(mixer.register_forward_pre_hook(_replace(keep, fill)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+) -> list[Patch]:
+    """Row r of the pass carries ablation rows[r]: one widening patch and one patch per touched layer."""
+    n_heads, d_head = loaded.info.n_heads, loaded.info.d_head
+    patches = [Patch(f"blocks.{min(a.layer for a in rows)}.resid_pre", _widen(len(rows)))]
+    for layer in sorted({a.layer for a in rows}):
+        keep = torch.ones(len(rows), 1, n_heads, d_head)  # [batch, 1, head, d_head]
+        fill = torch.zeros_like(keep)
+        for r, a in enumerate(rows):
+            if a.layer != layer:
+                continue
+            keep[r, 0, a.head] = 0.0
+            if a.kind == "mean":
+                fill[r, 0, a.head] = means[layer][a.head]
+        patches.append(Patch(f"blocks.{layer}.attn.heads", _ablate(keep, fill)))
+    return patches
 
 
-def _replace(keep: torch.Tensor, fill: torch.Tensor) -> Callable[..., Any]:
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]  # [batch, pos, heads * d_head]
-        k, f = keep.to(x.device, x.dtype), fill.to(x.device, x.dtype)
-        return (x * k + f, *args[1:])
-
-    return hook
-
-
-@contextmanager
-def _recording_means(loaded: LoadedModel, layers: Sequence[int], out: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record each layer's mixer input averaged over positions: [heads * d_head]."""
-    handles = []
-
-    def record(layer: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            out[layer] = args[0][0].float().mean(0).cpu()
-
-        return hook
-
-    try:
-        for layer in layers:
-            handles.append(head_mixer(loaded, layer).register_forward_pre_hook(record(layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def _batch_from(loaded: LoadedModel, layer: int, rows: int) -> Iterator[None]:
-    """Run the text once up to block ``layer``, then as ``rows`` copies.
-
-    Below the lowest ablated layer every row is the clean run, so the pass computes
-    those blocks for one row and widens the residual stream where the ablations start;
-    masks and position embeddings made for one row broadcast over the copies.
-    """
-
-    def widen(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            x = args[0]  # [1, pos, d_model]
-            return (x.expand(rows, *x.shape[1:]).contiguous(), *args[1:]), kwargs
-        x = kwargs["hidden_states"]
-        return args, {**kwargs, "hidden_states": x.expand(rows, *x.shape[1:]).contiguous()}
-
-    handle = loaded.modules.blocks[layer].register_forward_pre_hook(widen, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+def _position_mean(heads: torch.Tensor) -> torch.Tensor:
+    """[1, pos, head, d_head] -> [head, d_head]: each head's mean output over the text."""
+    return heads[0].float().mean(0).cpu()
 
 
 @dataclass(frozen=True)
@@ -178,9 +123,11 @@ def head_importance(
     loss = uses_loss(loaded)
     point = "logits" if loss else "final"
     batch_size = batch_size or auto_batch_size(int(input_ids.shape[1]))
-    means: dict[int, torch.Tensor] = {}
-    with _recording_means(loaded, layers, means):
-        clean_out = run_forward(loaded, [Need(point)], input_ids=input_ids)[point]  # [1, pos, *]
+    mean_needs = [Need(f"blocks.{layer}.attn.heads", _position_mean, name=f"mean.{layer}") for layer in layers]
+    got = run_forward(loaded, [Need(point), *mean_needs], input_ids=input_ids)
+    means = {layer: got[f"mean.{layer}"] for layer in layers}
+    clean_out = got[point]  # [1, pos, *]
+    del got
     clean_state = clean_out if not loss else None
     clean = float(next_token_loss(clean_out, input_ids)[0]) if loss else 0.0
     del clean_out
@@ -197,9 +144,13 @@ def head_importance(
     n_passes = 1
     for first in range(0, len(jobs), batch_size):
         rows = jobs[first : first + batch_size]
-        with _ablating(loaded, rows, means), _batch_from(loaded, min(a.layer for a in rows), len(rows)):
-            got = run_forward(loaded, [Need(point, metric, name="attention.ablated")], input_ids=input_ids)
-        found.update(zip(rows, got["attention.ablated"].double().tolist(), strict=True))
+        out = run_forward(
+            loaded,
+            [Need(point, metric, name="ablated")],
+            input_ids=input_ids,
+            patches=ablation_patches(loaded, rows, means),
+        )
+        found.update(zip(rows, out["ablated"].double().tolist(), strict=True))
         n_passes += 1
     effects = {}
     for kind in kinds:

@@ -6,6 +6,7 @@ rollout); this module wires them to the kernel's Method contract.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Sequence
 from functools import partial
 from typing import Literal
@@ -22,7 +23,7 @@ from lmlens_attention.probes import PROBE_CACHE
 from lmlens_attention.selection import check_range, pick
 from lmlens_attention.threading_policy import on_one_thread
 
-__version__ = "0.2.0"
+__version__ = importlib.metadata.version("lmlens-attention")  # one source of truth: the package metadata
 
 Int32Array = npt.NDArray[np.int32]
 
@@ -149,6 +150,7 @@ ATTENTION = Method(
     needs=_attention_needs,
     run=_attention_run,
     version=__version__,
+    tags=("default",),
 )
 
 

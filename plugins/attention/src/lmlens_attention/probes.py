@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from lmlens import LoadedModel, Need
 from lmlens.cache import Cache
 from lmlens.forward import run_forward
+from lmlens.special import special_tokens
 from lmlens_attention.scores import probe_head_scores
 from lmlens_attention.threading_policy import on_one_thread
 
@@ -56,20 +56,10 @@ def repeated_tokens(loaded: LoadedModel, half: int, batch: int, seed: int) -> Pr
     return ProbeInputs(input_ids=torch.tensor(rows), half=half, start=start)
 
 
-def special_framing(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a text ([CLS] ... [SEP], BOS, nothing)."""
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    framed = tokenizer("x", add_special_tokens=True)["input_ids"]
-    for i in range(len(framed) - len(plain) + 1):
-        if framed[i : i + len(plain)] == plain:
-            return list(framed[:i]), list(framed[i + len(plain) :])
-    return [], []
-
-
 def _with_special_tokens(loaded: LoadedModel, ids: list[int]) -> tuple[list[int], int]:
     """The tokenizer's own framing, and a leading BOS for causal models whose tokenizer
     adds none: a sink head needs a first token that carries no content."""
-    prefix, suffix = special_framing(loaded.tokenizer)
+    prefix, suffix = special_tokens(loaded.tokenizer)
     bos = getattr(loaded.tokenizer, "bos_token_id", None)
     if loaded.info.causal and not prefix and bos is not None:
         prefix = [bos]

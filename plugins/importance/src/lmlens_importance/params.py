@@ -9,8 +9,12 @@ import msgspec
 from lmlens.errors import InvalidParamsError
 
 AttributionMethod = Literal["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
+# auto: chosen per model family from measured convergence and faithfulness (see plugin.choose_method)
+MethodChoice = Literal["auto", "gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
+Removal = Literal["replace", "delete", "both"]
 TargetKind = Literal["auto", "next_token", "continuation", "loss", "similarity"]
-BaselineKind = Literal["zero", "pad", "mask", "text"]
+# auto: pad on RMSNorm models that have a pad token (a zero baseline explodes there), else zero
+BaselineKind = Literal["auto", "zero", "pad", "mask", "text"]
 ReplacementKind = Literal["zero", "pad", "mask"]
 Rule = Literal["gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
 Spacing = Literal["linear", "geometric"]
@@ -20,14 +24,14 @@ FIELD = "params.importance"
 
 
 class ImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    method: AttributionMethod = "integrated_gradients"
+    method: MethodChoice = "auto"
     # auto: next_token for a model with an LM head, similarity for an encoder
     target: TargetKind = "auto"
     target_token: str | None = None  # next_token: explain this token (default: the top prediction)
     continuation: str | None = None  # continuation: its summed log-probability after the text
     other_text: str | None = None  # similarity: the second text of the pair
     # integrated gradients
-    baseline: BaselineKind = "zero"
+    baseline: BaselineKind = "auto"
     baseline_text: str | None = None  # baseline="text": padded/truncated to the text's length
     steps: int = 32
     rule: Rule = "gauss_legendre"
@@ -44,7 +48,10 @@ class ImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # occlusion and faithfulness: what stands in for a removed token
     replacement: ReplacementKind = "zero"
     faithfulness: bool = True
-    fractions: list[float] = msgspec.field(default_factory=lambda: [0.1, 0.2, 0.5])
+    # ERASER's AOPC bins (DeYoung et al. 2020): 1, 5, 10, 20, 50% of the tokens
+    fractions: list[float] = msgspec.field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
+    # faithfulness: replace removed tokens (positions kept), delete them (ERASER), or both
+    removal: Removal = "both"
     deletion_points: int = 10
     random_orders: int = 2
     # batching of the extra passes
@@ -72,6 +79,8 @@ def check_params(params: ImportanceParams) -> None:
         raise _bad("window and stride must be at least 1", "window")
     if params.stride > params.window:
         raise _bad(f"stride ({params.stride}) above window ({params.window}) skips tokens", "stride")
+    if not params.fractions:
+        raise _bad("fractions must name at least one fraction", "fractions")
     if any(not 0 < f <= 1 for f in params.fractions):
         raise _bad(f"fractions must lie in (0, 1], got {params.fractions}", "fractions")
     if params.deletion_points < 2:

@@ -24,7 +24,7 @@ from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit l
 )
 from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
-from bokeh.resources import CDN
+from bokeh.resources import CDN, INLINE
 
 from lmlens import InvalidParamsError
 from lmlens.wire import AnalysisResult
@@ -204,9 +204,16 @@ def importance_panel(
     method: str = "importance",
     view: str = "tokens",
     width_chars: int = 80,
+    resources: str = "inline",
     **options: Any,
 ) -> Any:
-    """The registered panel: a Bokeh layout; ``save_path`` ending in .html or .png also saves it."""
+    """The registered panel: a Bokeh layout; ``save_path`` ending in .html or .png also saves it.
+
+    HTML pages inline BokehJS (``resources="inline"``) so they open offline; ``"cdn"``
+    writes a small page that loads it from cdn.bokeh.org.
+    """
+    if resources not in ("inline", "cdn"):
+        raise InvalidParamsError(f"resources must be inline or cdn, not {resources!r}", field="resources")
     if options:
         raise InvalidParamsError(f"unknown picture options: {', '.join(sorted(options))}", field="options")
     found = _importance(result, method)
@@ -214,7 +221,8 @@ def importance_panel(
     if save_path is not None:
         path = Path(save_path)
         if path.suffix == ".html":
-            path.write_text(file_html(made, resources=CDN, title=headline(found)[0]), encoding="utf-8")
+            chosen = INLINE if resources == "inline" else CDN  # inline: the page opens offline
+            path.write_text(file_html(made, resources=chosen, title=headline(found)[0]), encoding="utf-8")
         elif path.suffix == ".png":
             save_png(found, path, view=view, width_chars=width_chars)
         else:

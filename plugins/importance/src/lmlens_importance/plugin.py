@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +30,11 @@ from lmlens_importance.targets import (
     Objective,
     build_objective,
     check_finite,
-    frozen_parameters,
     special_positions,
 )
 from lmlens_importance.words import merge_words
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("lmlens-importance")  # one source of truth: the package metadata
 
 
 def _needs(info: ModelInfo, params: ImportanceParams) -> Sequence[Need]:
@@ -91,13 +91,51 @@ def _uses_rms_norm(model: torch.nn.Module) -> bool:
 
 def run_importance(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     check_params(params)
-    loaded = trace.model
-    with torch.inference_mode(False), frozen_parameters(loaded.model):
+    with torch.inference_mode(False):
         return _run(trace, params)
+
+
+# What ``method="auto"`` and ``baseline="auto"`` resolve to, per model family. Measured
+# with bench/choose_defaults.py on smollm2-135m (numbers in README.md, "Defaults").
+RMSNORM_METHOD = "occlusion"
+RMSNORM_REASON = (
+    "method auto -> occlusion: this model normalises with RMSNorm, where integrated gradients does "
+    "not converge (smollm2-135m: relative delta 47-334% from a zero baseline and 13-49% from pad at "
+    "16-128 steps); occlusion measures each token's effect by removing it, so there is no convergence "
+    "to fail, and its ranking was the most faithful measured (plugins/importance/README.md, Defaults)"
+)
+LAYERNORM_REASON = (
+    "method auto -> integrated_gradients: on LayerNorm models it converges (tiny GPT-2: 0.1% relative "
+    "delta at 16 steps); a run that does not converge within tolerance is replaced by occlusion"
+)
+
+
+def choose_method(loaded: Any, params: ImportanceParams) -> tuple[str, str | None]:
+    """(the attribution method to run, why, when it was chosen for the caller)."""
+    if params.method != "auto":
+        return params.method, None
+    if _uses_rms_norm(loaded.model):
+        return RMSNORM_METHOD, RMSNORM_REASON
+    return "integrated_gradients", LAYERNORM_REASON
+
+
+def choose_baseline(loaded: Any, params: ImportanceParams) -> str:
+    """``auto``: pad on RMSNorm models that have one (zero explodes there), else zero."""
+    if params.baseline != "auto":
+        return params.baseline
+    has_pad = getattr(loaded.tokenizer, "pad_token_id", None) is not None
+    return "pad" if _uses_rms_norm(loaded.model) and has_pad else "zero"
+
+
+def _other_baselines(current: str) -> str:
+    others = [b for b in ("pad", "mask", "text") if b != current]
+    return "/".join(others)
 
 
 def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     loaded = trace.model
+    method, reason = choose_method(loaded, params)
+    baseline_kind = choose_baseline(loaded, params)
     objective = build_objective(trace, params)
     special = special_positions(loaded, trace)  # [pos]
     slots = [i for i, s in enumerate(special.tolist()) if not s]
@@ -112,26 +150,27 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
     convergence = None
     baseline_label = None
     passes = 0
-    needs_replacement = params.method == "occlusion" or params.faithfulness
+    needs_replacement = method == "occlusion" or params.faithfulness or params.method == "auto"
     replacement = replacement_label = None
     if needs_replacement:
         replacement, replacement_label = reference_embeds(
             loaded, objective.embeds, special, params.replacement, field=f"{FIELD}.replacement"
         )
-    if params.method != "integrated_gradients":  # IG gets f(input) with f(baseline) below
+    if method != "integrated_gradients":  # IG gets f(input) with f(baseline) below
         f_input = float(objective.values(objective.embeds, batch_size=1)[0])
         passes += 1
 
-    if params.method == "integrated_gradients":
+    if method == "integrated_gradients":
         baseline, baseline_label = reference_embeds(
-            loaded, objective.embeds, special, params.baseline, text=params.baseline_text
+            loaded, objective.embeds, special, baseline_kind, text=params.baseline_text
         )
         check_path(params.path, baseline, special)
         if _near_zero(baseline, special) and _uses_rms_norm(loaded.model):
             warnings.append(
                 "the baseline embeddings are zero and this model normalises with RMSNorm: near the "
                 "baseline the norm's 1/sqrt(eps) gain makes the integrand explode, so expect a large "
-                "convergence delta; a pad, mask or text baseline converges far better"
+                "convergence delta; a pad, mask or text baseline converges far better, and "
+                'method="occlusion" needs no convergence at all'
             )
         f_input, f_baseline = endpoint_values(objective, baseline)
         passes += 1
@@ -155,16 +194,33 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
         )
         if not ok:
             rel = "undefined" if run.relative_delta is None else f"{run.relative_delta:.1%}"
+            advice = [] if params.adaptive else ["adaptive=true", "more steps"]
+            if baseline_kind in ("zero", "pad", "mask", "text"):
+                advice.append(f"a {_other_baselines(baseline_kind)} baseline")
+            advice.append('method="occlusion"')
             warnings.append(
                 f"integrated gradients did not converge: relative delta {rel} at {run.steps} steps "
-                f"(tolerance {params.tolerance:.1%}); the scores do not add up to "
-                "f(input) - f(baseline)"
-                + ("" if params.adaptive else "; try adaptive=true, more steps, or a pad/mask/text baseline")
+                f"(tolerance {params.tolerance:.1%}) from the {baseline_kind} baseline; the scores do not "
+                "add up to f(input) - f(baseline); try " + ", ".join(advice[:-1]) + f" or {advice[-1]}"
             )
-    elif params.method == "gradient":
+            if params.method == "auto":
+                # the caller did not choose IG: give them a result the library trusts
+                assert replacement is not None
+                reason = (
+                    f"method auto -> occlusion: integrated gradients was tried first and did not converge "
+                    f"(relative delta {rel} at {run.steps} steps, tolerance {params.tolerance:.1%}); its "
+                    "scores were replaced by occlusion's, which need no convergence"
+                )
+                method, baseline_label, convergence = "occlusion", None, None
+                scores, windows = occlusion(
+                    objective, replacement, slots, window=params.window, stride=params.stride,
+                    batch_size=plain_batch, f_input=f_input,
+                )
+                passes += -(-windows // plain_batch)
+    elif method == "gradient":
         scores = saliency(objective)
         passes += 1
-    elif params.method == "gradient_x_input":
+    elif method == "gradient_x_input":
         scores = gradient_x_input(objective)
         passes += 1
     else:
@@ -196,6 +252,8 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
             random_orders=params.random_orders,
             batch_size=plain_batch,
             f_input=f_input,
+            kind=objective.kind,
+            removal=params.removal,
         )
         passes += more
 
@@ -215,7 +273,8 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
         for i, t in enumerate(trace.tokens)
     ]
     return ImportanceResult(
-        method=params.method,
+        method=method,
+        method_reason=reason,
         target=TargetInfo(
             kind=objective.kind,
             description=objective.description,
@@ -231,7 +290,7 @@ def _run(trace: Trace, params: ImportanceParams) -> ImportanceResult:
         convergence=convergence,
         unreliable=bool(convergence is not None and convergence.unreliable),
         faithfulness=report,
-        batch_size=grad_batch if params.method in ("integrated_gradients",) else plain_batch,
+        batch_size=grad_batch if method in ("integrated_gradients",) else plain_batch,
         passes=passes,
         warnings=warnings,
     )
@@ -243,7 +302,7 @@ def extra_bytes(info: Any, params: ImportanceParams, n_tokens: int) -> float:
     A plain gradient keeps one pass's activations for the backward pass; integrated
     gradients and occlusion run batches sized to ``memory_budget_mb``.
     """
-    if params.method in ("gradient", "gradient_x_input"):
+    if params.method in ("gradient", "gradient_x_input"):  # auto may run IG: the budget bounds it
         return float(info.n_layers * n_tokens * (10 * info.d_model + 4 * info.d_mlp) * 4)
     return float(params.memory_budget_mb) * 2**20
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 
 from lmlens.wire import Float32Array, Result
@@ -58,6 +60,20 @@ class Convergence(msgspec.Struct, frozen=True, kw_only=True):
     history: list[ConvergenceStep]
 
 
+class Erasure(msgspec.Struct, frozen=True, kw_only=True):
+    """ERASER's comprehensiveness and sufficiency for one removal and one unit.
+
+    Per fraction of ``Faithfulness.fractions``; AOPC is their mean (DeYoung et al. 2020).
+    """
+
+    removal: str  # "replace": embeddings swapped for the replacement; "delete": tokens dropped
+    units: str  # "target": the target's own units (Faithfulness.units); "probability"
+    comprehensiveness: list[float]  # m(x) - m(x without the top k)
+    sufficiency: list[float]  # m(x) - m(the top k alone)
+    aopc_comprehensiveness: float  # mean over the fractions
+    aopc_sufficiency: float
+
+
 class Faithfulness(msgspec.Struct, frozen=True, kw_only=True):
     """Remove tokens in the attribution's order and watch the target (ERASER-style).
 
@@ -68,17 +84,32 @@ class Faithfulness(msgspec.Struct, frozen=True, kw_only=True):
     replacement: str
     fractions: list[float]
     counts: list[int]  # tokens removed/kept for each fraction
-    comprehensiveness: list[float]  # f(x) - f(x without the top tokens)
-    sufficiency: list[float]  # f(x) - f(only the top tokens)
+    comprehensiveness: list[float]  # f(x) - f(x without the top tokens), replaced, target units
+    sufficiency: list[float]  # f(x) - f(only the top tokens), replaced, target units
+    aopc_comprehensiveness: float = 0.0  # mean of comprehensiveness over the fractions
+    aopc_sufficiency: float = 0.0
+    units: str = ""  # the target's units, e.g. "log-probability (nats)"
+    rounding: str = ""  # how a fraction becomes a token count
+    # every (removal, units) pair computed: replace/delete x target/probability
+    erasures: list[Erasure] = msgspec.field(default_factory=list)
     deletion_counts: list[int]  # [point]
     deletion_curve: Float32Array  # [point] f after removing the top deletion_counts tokens
     deletion_auc: float  # mean of the curve over the removed fraction (trapezoid)
     random_deletion_auc: float | None  # same for random orders (mean), the reference
     beats_random: bool | None  # deletion_auc < random_deletion_auc
+    notes: list[str] = msgspec.field(default_factory=list)
+
+    def erasure(self, removal: str = "delete", units: str = "probability") -> Erasure | None:
+        """The ERASER-comparable numbers by default: tokens deleted, in probabilities."""
+        return next((e for e in self.erasures if e.removal == removal and e.units == units), None)
 
 
 class ImportanceResult(Result, frozen=True, kw_only=True, tag="importance"):
-    method: str
+    """Also readable as a mapping: ``result["token_importance"]`` is ``scores``."""
+
+    mapping_aliases: ClassVar[tuple[str, ...]] = ("token_importance",)
+
+    method: str  # the attribution that ran (method="auto" resolves per model family)
     target: TargetInfo
     baseline: str | None  # what integrated gradients started from
     scores: Float32Array  # [pos] signed scores, 0 for special tokens
@@ -91,3 +122,9 @@ class ImportanceResult(Result, frozen=True, kw_only=True, tag="importance"):
     batch_size: int  # rows per extra pass
     passes: int  # extra forward passes run (batched)
     warnings: list[str] = msgspec.field(default_factory=list)
+    method_reason: str | None = None  # why this method, when the caller left it to "auto"
+
+    @property
+    def token_importance(self) -> Float32Array:
+        """[pos] signed per-token scores: the product description's name for ``scores``."""
+        return self.scores

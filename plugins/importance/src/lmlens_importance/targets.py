@@ -8,8 +8,7 @@ computed afresh from ``trace.input_ids``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from lmlens import InvalidParamsError, LoadedModel, Need, Trace
 from lmlens.forward import run_forward
+from lmlens.special import special_positions as kernel_special_positions
 from lmlens_importance.errors import NonFiniteAttributionError
 from lmlens_importance.params import FIELD, ImportanceParams
 
@@ -38,23 +38,7 @@ def tokenize_plain(loaded: LoadedModel, text: str) -> list[int]:
 
 def special_positions(loaded: LoadedModel, trace: Trace) -> torch.Tensor:
     """[pos] bool: special tokens ([CLS], <bos>) that attributions hold fixed."""
-    specials = set(loaded.tokenizer.all_special_ids)
-    flags = [t.id in specials and t.start == t.end for t in trace.tokens]
-    return torch.tensor(flags, dtype=torch.bool)
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Gradients flow to the embeddings only: with weights frozen, autograd keeps no
-    activations for weight gradients, which roughly halves the memory of a pass."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    return torch.tensor(kernel_special_positions(loaded.tokenizer, trace.tokens), dtype=torch.bool)
 
 
 def check_finite(values: torch.Tensor, what: str) -> None:
