@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python plugins/importance/bench/bench_ig.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
+	$(BIN)/python adapters/dashboard/bench/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) .tox out
