@@ -50,7 +50,8 @@ def drawn(page: Page, method: str, side: int = 0) -> Any:
 def test_every_installed_panel_draws_and_follows_its_selectors(backend: InProcessBackend) -> None:
     page = page_for(backend)
     names = page.methods.labels
-    assert {"attention", "head_patterns", "head_importance", "attention_rollout", "importance", "surprisal"} <= set(names)
+    everything = {"attention", "head_patterns", "head_importance", "attention_rollout", "importance", "surprisal"}
+    assert everything <= set(names)
     page.text.value = TEXT
     page.methods.active = list(range(len(names)))
     page.start_analysis()
