@@ -81,6 +81,9 @@ def ws_bytes(driver: Any) -> tuple[int, int]:
 
 def rendered(driver: Any, n: int, previous: str | None, head: int) -> Any:
     def ready(d: Any) -> Any:
+        if prop(d, "status", "text") == "failed" or prop(d, "error-section-attention", "visible"):
+            shown = [prop(d, name, "text") for name in ("error-text", "error-general", "error-section-attention")]
+            raise RuntimeError(f"the page shows an error: {[s for s in shown if s]}")
         found = image(d, "panel-attention-0")
         ok = (found and found["painted"] and found["shape"] == [n, n] and found["id"] != previous
               and f"head {head}" in (found["title"] or ""))

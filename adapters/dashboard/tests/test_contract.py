@@ -97,3 +97,16 @@ def test_api_backend_says_when_the_service_is_gone(host: PluginHost) -> None:
     with pytest.raises(ConnectionLost, match="no answer"):
         gone.catalogue()
     gone.close()
+
+
+def test_api_backend_passes_the_services_progress_events_on(host: PluginHost, api: Any, request: Any) -> None:
+    remote = ApiBackend(api.url, host=host)
+    request.addfinalizer(remote.close)
+    events: list[tuple[str, str]] = []
+    result = remote.analyze("A new text for the socket", "tiny-gpt2", ["attention", "surprisal"], {},
+                            progress=lambda stage, what: events.append((stage, what)))
+    assert remote.use_websocket and result.methods["surprisal"].bits.shape == (len(result.tokens),)
+    assert ("start", "") in events and ("end", "attention") in events and ("end", "surprisal") in events
+    with pytest.raises(ServiceError) as empty:
+        remote.analyze(" ", "tiny-gpt2", ["attention"], {}, progress=lambda stage, what: None)
+    assert (empty.value.code, empty.value.field) == ("empty_text", "text")

@@ -128,6 +128,9 @@ class ApiBackend:
         self.host = host or PluginHost()
         self.panels = self.host.panels
         self.where = f"API {self.url}"
+        self.headers = headers
+        self.timeout = timeout
+        self.use_websocket = True  # progress events come over WS /ws; POST /analyze when it is refused
 
     def close(self) -> None:
         self.client.close()
@@ -175,12 +178,54 @@ class ApiBackend:
                 raise ServiceError("unknown_method", f"method {name!r} has no plugin installed beside the dashboard",
                                    "methods")
             classes.append(known.result)
-        if progress is not None:
-            progress("start", "request")
         body = {"text": text, "model": model, "methods": list(methods), "params": dict(params)}
+        typed = wire.result_type(classes)
+        if progress is not None and self.use_websocket:
+            done = self._analyze_ws(body, typed, progress)
+            if done is not None:
+                return done
         response = self._request("POST", "/analyze", content=msgspec.json.encode(body),
                                  headers={"content-type": "application/json", "accept": "application/msgpack"})
         try:
-            return wire.from_msgpack(response.content, wire.result_type(classes))
+            return wire.from_msgpack(response.content, typed)
         except msgspec.DecodeError as exc:
             raise ServiceError("bad_response", f"the API answered what this dashboard cannot read: {exc}") from None
+
+    def _analyze_ws(
+        self, body: dict[str, Any], typed: type[AnalysisResult], progress: Progress
+    ) -> AnalysisResult | None:
+        """One analysis over ``WS /ws`` (MessagePack frames), passing its progress events on.
+
+        ``None`` when the service refuses the socket (an older service, a proxy): the
+        caller then asks ``POST /analyze``, without progress.
+        """
+        from websockets.exceptions import InvalidHandshake, WebSocketException
+        from websockets.sync.client import connect
+
+        url = "ws" + self.url[len("http"):] + "/ws"
+        complete = msgspec.defstruct("Complete", [("type", str), ("data", typed)], kw_only=True)
+        try:
+            with connect(url, additional_headers=self.headers, open_timeout=10, max_size=None,
+                         proxy=None) as socket:
+                socket.send(msgspec.msgpack.encode({"type": "analyze", "id": "dashboard", **body}))
+                while True:
+                    raw = socket.recv(timeout=self.timeout)
+                    frame = msgspec.msgpack.decode(raw if isinstance(raw, bytes) else raw.encode(), type=_Frame)
+                    if frame.type == "progress" and frame.data.get("stage") in ("start", "end"):
+                        progress(str(frame.data["stage"]), str(frame.data.get("method") or ""))
+                    elif frame.type == "error":
+                        raise ServiceError(str(frame.data["code"]), str(frame.data["message"]), frame.data.get("field"))
+                    elif frame.type == "complete":
+                        data = raw if isinstance(raw, bytes) else raw.encode()
+                        return wire.from_msgpack(data, complete).data  # type: ignore[attr-defined,no-any-return]
+        except InvalidHandshake:
+            log.info("the service refused WS /ws; analysing over POST /analyze")
+            self.use_websocket = False
+            return None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ConnectionLost(f"no answer from the lmlens API at {self.url} ({type(exc).__name__})") from None
+
+
+class _Frame(msgspec.Struct):
+    type: str = ""
+    data: dict[str, Any] = {}
