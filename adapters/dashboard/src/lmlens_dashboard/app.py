@@ -34,6 +34,7 @@ log = logging.getLogger("lmlens_dashboard")
 silence(EMPTY_LAYOUT, True)  # sections and panel holders start empty and fill as results arrive
 
 ERROR_STYLE = {"color": "#b00020", "font-size": "13px"}
+MAX_LINK_CHARS = 8000  # browsers and proxies cut longer addresses
 DETAIL_CACHE_SIZE = 16  # (text, model, method, params) results kept per session: one head each for attention
 
 
@@ -341,8 +342,12 @@ class Page:
         n_tokens = ", ".join(str(len(o.tokens)) for o in overviews)
         self.status.text = f"done: {n_tokens} tokens on {html.escape(request.model)}"
         self.analyse.disabled = False
-        self.share.text = f'<a href="?{html.escape(request.query())}">link to this analysis</a>'
-        self.share.tags = [request.query()]
+        query = request.query()
+        if len(query) <= MAX_LINK_CHARS:
+            self.share.text = f'<a href="?{html.escape(query)}">link to this analysis</a>'
+            self.share.tags = [query]
+        else:
+            self.share.text = f"(the text is too long for a link: {len(query)} characters over {MAX_LINK_CHARS})"
 
     def _section(self, method: str, choices: dict[str, list[Any]], options: dict[str, Any], sides: int) -> Section:
         """The method's section, made once per page and reused (models keep their names and ids)."""
