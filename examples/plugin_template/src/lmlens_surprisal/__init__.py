@@ -141,10 +141,10 @@ def surprisal_panel(result: Any, *, save_path: str | None = None, unit: str = "b
     fig.yaxis.axis_label = unit
     if save_path is not None:
         from bokeh.embed import file_html
-        from bokeh.resources import CDN
+        from bokeh.resources import INLINE  # a saved page opens offline
 
         with open(save_path, "w", encoding="utf-8") as out:
-            out.write(file_html(fig, CDN, "surprisal"))
+            out.write(file_html(fig, INLINE, "surprisal"))
     return fig
 
 
