@@ -104,14 +104,14 @@ def docs_picture(driver: Any, url: str, args: Any, path: Path) -> None:
                        "methods": "attention,surprisal"})
     driver.get(f"{url}/?{query}")
     wait(driver, lambda d: (prop(d, "status", "text") or "").startswith("done"), timeout=600)
-    previous = image(driver, "panel-attention-0")["id"]
-    choose(driver, ".lmlens-control-attention-layer", str(args.docs_layer))
-    wait(driver, lambda d: (i := image(d, "panel-attention-0")) and i["id"] != previous, timeout=600)
-    previous = image(driver, "panel-attention-0")["id"]
-    choose(driver, ".lmlens-control-attention-head", str(args.docs_head))
-    wait(driver, lambda d: (i := image(d, "panel-attention-0")) and i["id"] != previous and i["painted"]
-         and (j := image(d, "panel-attention-1")) and j["painted"] and f"head {args.docs_head}" in j["title"],
-         timeout=600)
+    for name, value in (("layer", args.docs_layer), ("head", args.docs_head)):
+        if prop(driver, f"control-attention-{name}", "value") == str(value):
+            continue
+        before = [image(driver, f"panel-attention-{side}")["id"] for side in (0, 1)]
+        choose(driver, f".lmlens-control-attention-{name}", str(value))
+        wait(driver, lambda d, before=before: all(
+            (i := image(d, f"panel-attention-{side}")) and i["id"] != before[side] and i["painted"]
+            for side in (0, 1)), timeout=600)
     page = screenshot(driver, None, path.with_suffix(".full.png"))
     page = page.crop((0, 0, page.width, min(page.height, 1180)))
     page = page.resize((page.width * 3 // 4, page.height * 3 // 4))
@@ -143,8 +143,8 @@ def main() -> None:
         click(driver, ".lmlens-analyse")
         warm = rendered(driver, tokens(analyzer, "A short warm-up text."), None, 0)
         previous = warm["id"]
-        for size in args.sizes:
-            text, n = text_of(analyzer, size)
+        for wanted in args.sizes:
+            text, n = text_of(analyzer, wanted)
             analyse, switch, received, sent = [], [], [], []
             for repeat in range(args.repeats):
                 head = int(prop(driver, "control-attention-head", "value"))  # an analysis keeps the selection
