@@ -115,7 +115,7 @@ def docs_picture(driver: Any, url: str, args: Any, path: Path) -> None:
     page = screenshot(driver, None, path.with_suffix(".full.png"))
     page = page.crop((0, 0, page.width, min(page.height, 1180)))
     page = page.resize((page.width * 3 // 4, page.height * 3 // 4))
-    page.quantize(colors=96).save(path, optimize=True)
+    page.quantize(colors=256).save(path, optimize=True)
     path.with_suffix(".full.png").unlink()
 
 
