@@ -5,7 +5,9 @@ put in the text field, Analyse is clicked and the clock stops when the browser's
 view for the new heatmap has finished painting an [n, n] image. Then the head selector
 is changed and the redraw is timed the same way. Bytes are the WebSocket frames the
 browser received between the click and the rendered heatmap (Chrome's network log),
-against what the full [layer, head, q, k] float32 tensor would have been.
+against what the full [layer, head, q, k] float32 tensor would have been. The page's
+status line says how much of the wait was the backend (the passes) and how much the
+server's drawing; the rest is transfer, BokehJS and painting in the browser.
 
     python adapters/dashboard/bench/bench_dashboard.py [--model smollm2-135m] [--sizes 128 512]
            [--repeats 3] [--docs-screenshot docs/dashboard.png]
@@ -17,6 +19,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -61,6 +64,14 @@ def text_of(analyzer: Analyzer, n_tokens: int) -> tuple[str, int]:
 
 def size(n: float) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def split(driver: Any) -> tuple[float, float]:
+    """(model, drawing) seconds from the page's status line: 'done: ... (model 1.23 s, page 0.05 s)'."""
+    found = re.search(r"model ([0-9.]+) s, page ([0-9.]+) s", prop(driver, "status", "text") or "")
+    if found is None:
+        raise RuntimeError(f"no timings in the status line: {prop(driver, 'status', 'text')!r}")
+    return float(found.group(1)), float(found.group(2))
 
 
 def set_text(driver: Any, text: str) -> None:
@@ -146,6 +157,8 @@ def main() -> None:
         for wanted in args.sizes:
             text, n = text_of(analyzer, wanted)
             analyse, switch, received, sent = [], [], [], []
+            model_s: list[float] = []  # the backend's time (the passes), as the page reports it
+            drawing_s: list[float] = []  # the page's own time in the server: panels -> Bokeh models
             for repeat in range(args.repeats):
                 head = int(prop(driver, "control-attention-head", "value"))  # an analysis keeps the selection
                 text_now = f"{text[: -len(str(repeat)) - 1]} {repeat}"  # a new text each time: nothing cached
@@ -156,6 +169,8 @@ def main() -> None:
                 click(driver, ".lmlens-analyse")
                 found = rendered(driver, n_now, previous, head)
                 analyse.append(time.perf_counter() - start)
+                model_s.append(split(driver)[0])
+                drawing_s.append(split(driver)[1])
                 got, put = ws_bytes(driver)
                 received.append(got)
                 sent.append(put)
@@ -168,29 +183,26 @@ def main() -> None:
                 previous = found["id"]
                 n = n_now
             screenshot(driver, None, shots / f"bench-{args.model}-{n}.png")
-            model_s = []  # the same two requests straight to the backend: the model's share of the wait
-            for repeat in range(args.repeats):
-                text_now = f"{text[: -len(str(repeat)) - 1]} {repeat}"
-                start = time.perf_counter()
-                backend.analyze(text_now, args.model, ["attention"], {"attention": {"patterns": False, "top_k": 0}})
-                backend.analyze(text_now, args.model, ["attention"],
-                                {"attention": {"layers": [0], "heads": [0], "top_k": 0}})
-                model_s.append(time.perf_counter() - start)
             full = info.n_layers * info.n_heads * n * n * 4
-            rows.append((n, statistics.median(analyse), statistics.median(model_s), statistics.median(switch),
+            browser_s = [a - m - d for a, m, d in zip(analyse, model_s, drawing_s, strict=True)]
+            rows.append((n, statistics.median(analyse), statistics.median(model_s), statistics.median(drawing_s),
+                         statistics.median(browser_s), statistics.median(switch),
                          int(statistics.median(received)), int(statistics.median(sent)), full))
-            print(f"{n} tokens: analyse->heatmap {[round(x, 2) for x in analyse]} s, head switch "
+            print(f"{n} tokens: analyse->heatmap {[round(x, 2) for x in analyse]} s (model "
+                  f"{[round(x, 2) for x in model_s]} s), head switch "
                   f"{[round(x, 2) for x in switch]} s, received {received} B", flush=True)
         if args.docs_screenshot:
             docs_picture(driver, server.url, args, ROOT / args.docs_screenshot)
     load = os.getloadavg()[0]
     print(f"\nmodel {args.model} ({info.n_layers} layers x {info.n_heads} heads), median of {args.repeats}, "
           f"in-process backend, headless Chromium, {os.cpu_count()} cores, load average {load:.1f}")
-    print("| tokens | Analyse -> rendered heatmap | of which the two passes alone | head switch -> redrawn "
-          "| bytes to browser (analysis) | bytes from browser | full [layer, head, q, k] float32 |")
-    print("|---|---|---|---|---|---|---|")
-    for n, a, m, s, r, p, f in rows:
-        print(f"| {n} | {a:.2f} s | {m:.2f} s | {s:.2f} s | {size(r)} | {size(p)} | {size(f)} |")
+    print("| tokens | Analyse -> rendered heatmap | model (the two passes) | drawing in the server "
+          "| transfer + BokehJS + paint | head switch -> redrawn | bytes to browser (analysis) | bytes from browser "
+          "| full [layer, head, q, k] float32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, a, m, d, b, s, r, p, f in rows:
+        print(f"| {n} | {a:.2f} s | {m:.2f} s | {d:.2f} s | {b:.2f} s | {s:.2f} s | {size(r)} | {size(p)} "
+              f"| {size(f)} |")
 
 
 if __name__ == "__main__":

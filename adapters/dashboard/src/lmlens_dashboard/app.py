@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -86,6 +87,7 @@ class Page:
         self.lock = threading.Lock()
         self.retry_action: Callable[[], None] | None = None
         self.quiet = False
+        self.clock = threading.local()  # per worker thread: seconds spent waiting for the backend
 
         self.text = TextAreaInput(title="Text", rows=5, width=720, name="text", css_classes=["lmlens-text"],
                                   placeholder="Type or paste a text")
@@ -240,15 +242,30 @@ class Page:
         if generation == self.generation:
             self.status.text = message
 
+    def _ask(self, *args: Any, **kwargs: Any) -> AnalysisResult:
+        """``backend.analyze``, its time added to this thread's model clock."""
+        start = time.perf_counter()
+        try:
+            return self.backend.analyze(*args, **kwargs)
+        finally:
+            self.clock.model = getattr(self.clock, "model", 0.0) + time.perf_counter() - start
+
+    def _timings(self, start: float) -> str:
+        """'model 1.23 s, page 0.05 s': the backend's share and the page's own (drawing) share."""
+        model = getattr(self.clock, "model", 0.0)
+        return f"model {model:.2f} s, page {time.perf_counter() - start - model:.2f} s"
+
     def _analyse(self, generation: int, request: Request) -> None:
         """Worker thread: the overview of every method, then each panel's detail, then drawings."""
         side = 0
+        start = time.perf_counter()
+        self.clock.model = 0.0
         try:
             overviews = []
             for side, text in enumerate(request.texts):
                 params = {m: contract.overview_params(self.backend.panels.get(m)) for m in request.methods}
                 params = {m: p for m, p in params.items() if p}
-                overviews.append(self.backend.analyze(
+                overviews.append(self._ask(
                     text, request.model, request.methods, params,
                     progress=lambda stage, what, side=side: self._progress(generation, side, stage, what)))
             drawings = {}
@@ -266,7 +283,7 @@ class Page:
             log.exception("the analysis failed")
             self.later(self._failed, generation, ServiceError("internal_error", f"{type(exc).__name__}: {exc}"), side)
             return
-        self.later(self._show, generation, request, overviews, plans, drawings)
+        self.later(self._show, generation, request, overviews, plans, drawings, self._timings(start))
 
     def _plan(self, method: str, overview: AnalysisResult) -> tuple[dict[str, list[Any]], dict[str, Any]]:
         """The selectors for ``method`` and the options to draw with (kept from before when still valid)."""
@@ -306,7 +323,7 @@ class Page:
             if hit is not None:
                 self.detail_cache.move_to_end(key)
                 return hit
-        result = self.backend.analyze(request.texts[side], request.model, [method], {method: params})
+        result = self._ask(request.texts[side], request.model, [method], {method: params})
         with self.lock:
             self.detail_cache[key] = result
             while len(self.detail_cache) > DETAIL_CACHE_SIZE:
@@ -327,7 +344,8 @@ class Page:
         self.analyse.disabled = False
 
     def _show(self, generation: int, request: Request, overviews: list[AnalysisResult],
-              plans: dict[str, tuple[dict[str, list[Any]], dict[str, Any]]], drawings: dict[str, list[Any]]) -> None:
+              plans: dict[str, tuple[dict[str, list[Any]], dict[str, Any]]], drawings: dict[str, list[Any]],
+              timings: str = "") -> None:
         if generation != self.generation:
             return
         self.request = request
@@ -340,7 +358,7 @@ class Page:
             sections.append(section.root)
         self.panels.children = sections
         n_tokens = ", ".join(str(len(o.tokens)) for o in overviews)
-        self.status.text = f"done: {n_tokens} tokens on {html.escape(request.model)}"
+        self.status.text = f"done: {n_tokens} tokens on {html.escape(request.model)} ({timings})"
         self.analyse.disabled = False
         query = request.query()
         if len(query) <= MAX_LINK_CHARS:
@@ -411,6 +429,8 @@ class Page:
     def _redraw(self, generation: int, section: Section, stamp: int, options: dict[str, Any],
                 request: Request, overviews: list[AnalysisResult]) -> None:
         try:
+            start = time.perf_counter()
+            self.clock.model = 0.0
             drawings = self._draw_all(section.method, request, overviews, options)
         except ConnectionLost as exc:
             self.later(self._lost_during_redraw, generation, str(exc), section)
@@ -422,18 +442,18 @@ class Page:
             log.exception("a redraw failed")
             self.later(self._failed, generation, ServiceError("internal_error", f"{type(exc).__name__}: {exc}"), 0)
             return
-        self.later(self._redrawn, generation, section, stamp, drawings)
+        self.later(self._redrawn, generation, section, stamp, drawings, self._timings(start))
 
     def _lost_during_redraw(self, generation: int, message: str, section: Section) -> None:
         if generation == self.generation:
             name, value = next(iter(section.options.items()))
             self.lost(message, lambda: self._changed(section, name, str(value)))
 
-    def _redrawn(self, generation: int, section: Section, stamp: int, drawings: list[Any]) -> None:
+    def _redrawn(self, generation: int, section: Section, stamp: int, drawings: list[Any], timings: str = "") -> None:
         if generation != self.generation or stamp != section.stamp:
             return  # a newer choice is on its way
         self._place(section, drawings)
-        self.status.text = f"done: {html.escape(section.method)} redrawn"
+        self.status.text = f"done: {html.escape(section.method)} redrawn ({timings})"
 
 
 def make_document(backend: Backend, executor: Executor) -> Callable[[Document], None]:
