@@ -124,7 +124,7 @@ def docs_picture(driver: Any, url: str, args: Any, path: Path) -> None:
             (i := image(d, f"panel-attention-{side}")) and i["id"] != before[side] and i["painted"]
             for side in (0, 1)), timeout=600)
     page = screenshot(driver, None, path.with_suffix(".full.png"))
-    page = page.crop((0, 0, page.width, min(page.height, 1180)))
+    page = page.crop((0, 0, page.width, min(page.height, 1500)))
     page = page.resize((page.width * 3 // 4, page.height * 3 // 4))
     page.quantize(colors=256).save(path, optimize=True)
     path.with_suffix(".full.png").unlink()
