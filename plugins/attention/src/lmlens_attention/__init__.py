@@ -89,8 +89,8 @@ def _attention_detail(options: dict[str, Any]) -> dict[str, Any] | None:
     if view == "map":
         return None  # the per-head scores of the overview draw it
     if view == "grid":
-        return {"layers": [options["layer"]], "top_k": 0}
-    return {"layers": [options["layer"]], "heads": [options["head"]], "top_k": 0}
+        return {"layers": [options["layer"]], "patterns": True, "top_k": 0}
+    return {"layers": [options["layer"]], "heads": [options["head"]], "patterns": True, "top_k": 0}
 
 
 # The dashboard's optional panel attributes (adapters/dashboard/README.md, "panel contract"):
