@@ -75,7 +75,7 @@ def test_api_backend_matches_in_process_and_keeps_error_codes(
     assert catalogue.default_model == "tiny-gpt2" and {"attention", "surprisal"} <= set(catalogue.methods)
     assert local.catalogue().methods == {m: d for m, d in catalogue.methods.items() if m in local.catalogue().methods}
 
-    params = {"attention": {"layers": [0], "heads": [1]}}
+    params = {"attention": {"layers": [0], "heads": [1], "patterns": True}}  # the service defaults to summaries
     a = remote.analyze(TEXT, "tiny-gpt2", ["attention", "surprisal"], params)
     b = local.analyze(TEXT, "tiny-gpt2", ["attention", "surprisal"], params)
     np.testing.assert_allclose(a.methods["attention"].patterns, b.methods["attention"].patterns, atol=1e-6)
@@ -110,3 +110,23 @@ def test_api_backend_passes_the_services_progress_events_on(host: PluginHost, ap
     with pytest.raises(ServiceError) as empty:
         remote.analyze(" ", "tiny-gpt2", ["attention"], {}, progress=lambda stage, what: None)
     assert (empty.value.code, empty.value.field) == ("empty_text", "text")
+
+
+def test_api_key_goes_with_every_request_and_the_socket(host: PluginHost, request: Any) -> None:
+    from lmlens_http import create_app
+    from lmlens_http.testing import running, tiny_config
+
+    with running(create_app(tiny_config(api_keys=["s3cret-key"]), host=host)) as server:
+        anonymous = ApiBackend(server.url, host=host)
+        request.addfinalizer(anonymous.close)
+        with pytest.raises(ServiceError) as refused:
+            anonymous.catalogue()
+        assert refused.value.code == "unauthorized" and "API key" in refused.value.message
+
+        keyed = ApiBackend(server.url, "s3cret-key", host=host)
+        request.addfinalizer(keyed.close)
+        assert "attention" in keyed.catalogue().methods
+        events: list[tuple[str, str]] = []
+        result = keyed.analyze(TEXT, "tiny-gpt2", ["attention"], {},
+                               progress=lambda stage, what: events.append((stage, what)))
+        assert keyed.use_websocket and ("end", "attention") in events and result.tokens
