@@ -25,7 +25,14 @@ from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import EMPTY_LAYOUT
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import Button, CheckboxGroup, CustomJS, Div, Select, TextAreaInput
+from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit lazily exported models
+    Button,
+    CheckboxGroup,
+    CustomJS,
+    Div,
+    Select,
+    TextAreaInput,
+)
 
 from lmlens.wire import AnalysisResult
 from lmlens_dashboard import contract
@@ -128,8 +135,9 @@ class Page:
         doc.add_root(column(form, self.panels, name="root"))
 
         arguments: Mapping[str, list[bytes]] = {}
-        if doc.session_context is not None and doc.session_context.request is not None:
-            arguments = doc.session_context.request.arguments
+        http_request = getattr(doc.session_context, "request", None)  # None outside a server session
+        if http_request is not None:
+            arguments = http_request.arguments
         self.load_catalogue(arguments)
 
     @staticmethod

@@ -37,7 +37,8 @@ def serve(backend: Backend, *, port: int = 5006, address: str = "127.0.0.1",
 
     warm = getattr(backend, "warm", None)
     if warm is not None:
-        print(f"lmlens dashboard: loading {backend.analyzer.model_spec} ...", flush=True)
+        analyzer = getattr(backend, "analyzer", None)
+        print(f"lmlens dashboard: loading {getattr(analyzer, 'model_spec', 'the model')} ...", flush=True)
         warm()
     executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dashboard")
     origins = list(origins) or [f"localhost:{port}", f"127.0.0.1:{port}", f"{address}:{port}"]
