@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
 	$(BIN)/python plugins/failure/bench/bench_failure.py
+	$(BIN)/python adapters/dashboard/bench/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) .tox out
