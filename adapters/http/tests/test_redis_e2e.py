@@ -41,6 +41,7 @@ def test_outage_keeps_answering_then_caching_resumes(make_server, plain_host, re
         assert health["status"] == "degraded"
         assert health["cache"]["backend"] == "redis" and health["cache"]["healthy"] is False
         assert health["cache"]["error"]
+        assert str(redis_server.port) not in str(health)  # no Redis address on /health (issue 11, item 17)
 
         redis_server.start()  # empty: no persistence
         deadline = time.monotonic() + 5

@@ -20,7 +20,7 @@ def test_json_result_matches_in_process_analysis(server, reference) -> None:
     text = "The cat sat on the mat"
     with server.client() as client:
         response = client.post("/analyze", json={"text": text, "methods": ["attention"],
-                                                 "params": {"attention": {"layers": [1]}}})
+                                                 "params": {"attention": {"layers": [1], "patterns": True}}})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -37,7 +37,7 @@ def test_json_result_matches_in_process_analysis(server, reference) -> None:
 
 def test_msgpack_in_and_out_keeps_float32_exactly(server, reference) -> None:
     text = "bytes on the wire"
-    request = wire.to_msgpack({"text": text, "model": "tiny-llama"})
+    request = wire.to_msgpack({"text": text, "model": "tiny-llama", "params": {"attention": {"patterns": True}}})
     with server.client() as client:
         response = client.post("/analyze", content=request, headers={
             "content-type": "application/msgpack", "accept": "application/msgpack"})
@@ -57,10 +57,11 @@ def test_second_request_is_a_cache_hit(server) -> None:
         first = client.post("/analyze", json={"text": "cache me"}).json()
         second = client.post("/analyze", json={"text": "cache me"}).json()
         other = client.post("/analyze", json={"text": "cache me",
-                                              "params": {"attention": {"patterns": False}}}).json()
+                                              "params": {"attention": {"patterns": True}}}).json()
     assert first["cached"] is False and second["cached"] is True
     assert second["methods"] == first["methods"]
-    assert other["cached"] is False and other["methods"]["attention"]["patterns"] is None
+    assert first["methods"]["attention"]["patterns"] is None  # over HTTP: summaries unless asked
+    assert other["cached"] is False and other["methods"]["attention"]["patterns"] is not None
 
 
 @pytest.mark.parametrize(
@@ -122,9 +123,10 @@ def test_unknown_route_and_method(server) -> None:
 def test_batch_matches_single_requests(server) -> None:
     texts = ["one", "two words", "three little words"]
     with server.client() as client:
+        full = {"attention": {"patterns": True}}
         batch = client.post("/analyze/batch", json={"texts": texts, "batch_size": 2,
-                                                    "methods": ["attention"]})
-        singles = [client.post("/analyze", json={"text": t}).json() for t in texts]
+                                                    "methods": ["attention"], "params": full})
+        singles = [client.post("/analyze", json={"text": t, "params": full}).json() for t in texts]
     assert batch.status_code == 200
     results = batch.json()["results"]
     assert [r["text"] for r in results] == texts

@@ -23,7 +23,7 @@ def test_progress_then_complete(make_server, test_host) -> None:
     srv = make_server(test_host)
     with connect(srv.ws_url) as ws:
         ws.send(json.dumps({"type": "analyze", "text": "hello there", "methods": ["attention", "recorder"],
-                            "id": "r1"}))
+                            "params": {"attention": {"patterns": True}}, "id": "r1"}))
         messages = receive_until_done(ws)
     progress = [(m["data"]["stage"], m["data"]["method"]) for m in messages[:-1]]
     assert progress == [("start", None), ("end", None), ("start", "attention"), ("end", "attention"),
@@ -33,7 +33,8 @@ def test_progress_then_complete(make_server, test_host) -> None:
     assert complete["type"] == "complete" and complete["id"] == "r1"
     assert complete["data"]["methods"]["recorder"]["n_tokens"] == len("hello there")
     with srv.client() as client:  # the same answer as over HTTP (which is now a cache hit)
-        http = client.post("/analyze", json={"text": "hello there", "methods": ["attention", "recorder"]})
+        http = client.post("/analyze", json={"text": "hello there", "methods": ["attention", "recorder"],
+                                             "params": {"attention": {"patterns": True}}})
     assert http.json()["cached"] is True
     np.testing.assert_allclose(http.json()["methods"]["attention"]["patterns"],
                                complete["data"]["methods"]["attention"]["patterns"])
@@ -54,24 +55,25 @@ def test_errors_leave_the_socket_usable(server) -> None:
     assert unknown == [{"type": "error", "data": {"code": "unknown_method", "message": unknown[0]["data"]["message"],
                                                   "field": "methods"}, "id": None}]
     assert malformed[0]["data"]["code"] == "malformed_body"
-    assert wrong_type[0]["data"]["code"] == "invalid_request"
+    assert wrong_type[0]["data"]["code"] == "unknown_message_type"
     assert not_allowed[0]["data"]["code"] == "model_not_allowed"
     assert ok[-1]["type"] == "complete" and ok[-1]["data"]["text"] == "still here"
 
 
-def test_cache_hit_completes_without_progress(server) -> None:
+def test_cache_hit_sends_one_progress_event_then_complete(server) -> None:
     with connect(server.ws_url) as ws:
         ws.send(json.dumps({"type": "analyze", "text": "twice"}))
         first = receive_until_done(ws)
         ws.send(json.dumps({"type": "analyze", "text": "twice"}))
         second = receive_until_done(ws)
     assert len(first) == 5 and first[-1]["data"]["cached"] is False
-    assert len(second) == 1 and second[0]["data"]["cached"] is True
+    assert len(second) == 2 and second[-1]["data"]["cached"] is True
+    assert second[0]["data"]["stage"] == "cached" and second[0]["data"]["message"] == "found in the cache"
 
 
 def test_msgpack_frames_get_msgpack_answers(server) -> None:
     with connect(server.ws_url) as ws:
-        ws.send(wire.to_msgpack({"type": "analyze", "text": "packed"}))
+        ws.send(wire.to_msgpack({"type": "analyze", "text": "packed", "params": {"attention": {"patterns": True}}}))
         frames = []
         while True:
             frame = ws.recv(timeout=30)

@@ -24,9 +24,21 @@ class ExplodeParams(msgspec.Struct, frozen=True):
 def explode(params, context):
     raise RuntimeError(params.message)
 
+class NapParams(msgspec.Struct, frozen=True):
+    seconds: float = 60.0
+
+def nap(params, context):
+    import time
+    context.progress(0.0, "napping")
+    end = time.monotonic() + params.seconds
+    while time.monotonic() < end:  # short sleeps: Dramatiq's time limit interrupts between them
+        time.sleep(0.05)
+    return {"slept": params.seconds}
+
 @hookimpl
 def register_jobs(register):
     register(Job(kind="explode", description="always fails (tests)", params=ExplodeParams, run=explode))
+    register(Job(kind="nap", description="sleeps (tests)", params=NapParams, run=nap))
 """
 
 

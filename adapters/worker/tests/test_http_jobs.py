@@ -41,10 +41,10 @@ def test_jobs_over_http(server, redis_server, test_plugins, start_worker) -> Non
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [
-        ({"kind": "analyze_batch", "params": {"texts": "x"}}, 422, "invalid_params"),
+        ({"kind": "analyze_batch", "params": {"texts": "x"}}, 422, "invalid_request"),
         ({"kind": "analyze_batch", "params": {"texts": ["x"], "model": "/etc/passwd"}}, 403, "model_not_allowed"),
         ({"kind": "nope"}, 400, "unknown_job_kind"),
-        ({"kind": "analyze_batch", "extra": 1}, 422, "invalid_params"),
+        ({"kind": "analyze_batch", "extra": 1}, 422, "invalid_request"),
     ],
 )
 def test_bad_job_requests(server, payload, status, code) -> None:
@@ -56,7 +56,7 @@ def test_bad_job_requests(server, payload, status, code) -> None:
 
 def test_unknown_job_is_404(server) -> None:
     with server.client() as client:
-        answer = client.get("/jobs/does-not-exist")
+        answer = client.get("/jobs/0123456789abcdef0123456789abcdef")
     assert answer.status_code == 404 and answer.json()["code"] == "unknown_job"
 
 
@@ -85,7 +85,8 @@ def test_a_large_batch_becomes_a_job_and_the_websocket_follows_it(server, redis_
             if message["type"] != "progress":
                 break
         assert message["type"] == "complete" and message["id"] == "f1"
-        assert [r["text"] for r in message["data"]] == texts
+        assert [r["text"] for r in message["data"]["result"]] == texts
+        assert message["data"]["message"] == f"job {job_id} done" and message["data"]["job"] == job_id
         assert all(e["data"]["stage"] == "job" for e in events[:-1]) and events[-2]["data"]["fraction"] == 1.0
         ws.send(json.dumps({"type": "follow", "job": "missing"}))
         assert json.loads(ws.recv(timeout=30))["data"]["code"] == "unknown_job"  # and the socket stays usable

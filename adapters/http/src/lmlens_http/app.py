@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -20,6 +22,7 @@ from lmlens_http.codec import encode_response
 from lmlens_http.config import ServiceConfig, load_config
 from lmlens_http.errors import EXCEPTION_HANDLERS, error_response
 from lmlens_http.ratelimit import client_id
+from lmlens_http.security import GuardMiddleware
 from lmlens_http.service import Service
 
 
@@ -67,6 +70,11 @@ def collect_plugin_routes(service: Service, taken: set[str]) -> tuple[list[BaseR
             request: Any = None,
             response: Any = None,
             summary: str | None = None,
+            *,
+            status: int = 200,
+            errors: tuple[str, ...] | list[str] = (),
+            responses: dict[str, Any] | None = None,
+            path_schema: dict[str, Any] | None = None,
             owner: str = owner,
         ) -> None:
             if not path.startswith("/") or path in taken:
@@ -74,7 +82,9 @@ def collect_plugin_routes(service: Service, taken: set[str]) -> tuple[list[BaseR
             taken.add(path)
             routes.append(Route(path, _plugin_endpoint(endpoint), methods=list(methods), name=f"{owner}:{path}"))
             documented.append({"path": path, "methods": list(methods), "request": request,
-                               "response": response, "summary": summary})
+                               "response": response, "summary": summary, "status": status,
+                               "errors": list(errors), "responses": dict(responses or {}),
+                               "path_schema": dict(path_schema or {})})
 
         try:
             impl.function(**({"register": register} if impl.argnames else {}))
@@ -103,7 +113,15 @@ def create_app(config: ServiceConfig | None = None, *, host: PluginHost | None =
 
     app = Starlette(routes=[*builtin, *plugin_routes], exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
                     lifespan=lifespan)
-    app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(RateLimitMiddleware)  # innermost: counts requests that got past the guard
+    app.add_middleware(GuardMiddleware, config=config)  # request id, origin, API key, last-resort 500
+    app.add_middleware(GZipMiddleware, minimum_size=1024)  # on Accept-Encoding: gzip
+    if config.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "x-api-key", "content-type", "accept"],
+            expose_headers=["x-request-id", "retry-after", "location"],
+        )
     document = openapi.build_openapi(service, documented)
     app.state.service = service
     app.state.openapi_bytes = json.dumps(document).encode()

@@ -27,6 +27,13 @@ class MemoryTTLCache(MemoryCache):
         super().set(key, value, ttl if ttl is not None else self.default_ttl)
 
 
+def public_error(error: str | None) -> str | None:
+    """What /health may say about a Redis error: its kind, not the address in its message."""
+    if error is None:
+        return None
+    return f"redis unreachable ({error.split(':', 1)[0].strip() or 'error'})"
+
+
 class CacheBackend:
     """The cache plus how to report on it."""
 
@@ -39,7 +46,7 @@ class CacheBackend:
         if self.link is None:
             return CacheHealth(backend="memory", healthy=True)
         report = self.link.ping()
-        return CacheHealth(backend="redis", healthy=report.healthy, error=report.error)
+        return CacheHealth(backend="redis", healthy=report.healthy, error=public_error(report.error))
 
 
 def build_cache(config: ServiceConfig) -> CacheBackend:

@@ -2,7 +2,9 @@
 
 The environment names are the ones the README promises (``API_HOST``, ``REDIS_URL``,
 ``CACHE_TTL`` ...). ``config.yaml`` uses the field names of ``ServiceConfig``; its path
-is ``$LMLENS_CONFIG``, else ``./config.yaml`` when that file exists.
+is ``$LMLENS_CONFIG``, else ``./config.yaml`` when that file exists. The product
+description's nested file (``model:``, ``api:`` ... sections) is refused with a message
+that names the flat key replacing each nested one (``NESTED``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     rate_limit: NonNegative = 600  # requests per client per rate_window_s; 0 = no limit
     rate_window_s: Seconds = 60.0
     max_body_bytes: Positive = 4 * 1024 * 1024
+    max_job_texts: Positive = 10_000  # texts in one analyze_batch job (POST /jobs, a big /analyze/batch)
+    api_keys: list[str] = []  # when any key is set (here or in the file), every route but /health needs one
+    api_key_file: str = ""  # a file of sha256 hex digests of keys, one a line ("#" comments)
+    allowed_origins: list[str] = []  # browser origins allowed to call (CORS); others get 403
     memory_cache_entries: Positive = 256
     response_memo_mb: NonNegative = 64  # encoded hot cache hits kept in process; 0 = off
     access_log: bool = True
@@ -73,10 +79,14 @@ ENVIRONMENT = {
     "API_RATE_LIMIT": "rate_limit",
     "API_RATE_WINDOW": "rate_window_s",
     "API_MAX_BODY_BYTES": "max_body_bytes",
+    "API_MAX_JOB_TEXTS": "max_job_texts",
+    "LMLENS_API_KEYS": "api_keys",
+    "LMLENS_API_KEY_FILE": "api_key_file",
+    "LMLENS_ALLOWED_ORIGINS": "allowed_origins",
     "API_RESPONSE_MEMO_MB": "response_memo_mb",
     "API_ACCESS_LOG": "access_log",
 }
-_LISTS = {"models", "preload"}
+_LISTS = {"models", "preload", "api_keys", "allowed_origins"}
 
 # The product description's nested config.yaml (model:, analysis:, api:, visualization:)
 # and the flat keys that replace it; None: no setting of the service does that.

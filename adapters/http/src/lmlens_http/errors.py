@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -67,6 +68,27 @@ class RequestTimeoutError(LmlensError):
     http_status = 504
 
 
+class QueueUnavailableError(LmlensError):
+    """The job queue (Redis) cannot be reached now; the client should retry later."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 5, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class UnauthorizedError(LmlensError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class OriginNotAllowedError(LmlensError):
+    code = "origin_not_allowed"
+    http_status = 403
+
+
 class RateLimitedError(LmlensError):
     code = "rate_limited"
     http_status = 429
@@ -99,27 +121,45 @@ def from_validation(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRe
     return InvalidRequestError(_AT.sub("", message), field=validation_field(message, prefix))
 
 
-def body_of(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
+# 5xx codes whose messages come from inside (exceptions of torch, Redis, a plugin): the
+# client gets the code, a short message and the request id; the log gets the detail.
+_OPAQUE = {"method_failed", "model_load_failed"}
+
+
+def body_of(exc: BaseException, request_id: str | None = None) -> tuple[int, ErrorBody, dict[str, str]]:
     """(status, body, extra headers) for any exception."""
     headers: dict[str, str] = {}
+    ref = f" (request id {request_id})" if request_id else ""
     if isinstance(exc, msgspec.ValidationError):
         exc = from_validation(exc)
     if isinstance(exc, LmlensError):
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
+        if exc.http_status >= 500 and exc.code in _OPAQUE:
+            log.error("%s%s: %s", exc.code, ref, exc.message, exc_info=exc)
+            message = {
+                "method_failed": "a method failed on the server",
+                "model_load_failed": "the model could not be loaded on the server",
+            }[exc.code]
+            return exc.http_status, ErrorBody(code=exc.code, message=message + ref, field=exc.field), headers
         return exc.http_status, ErrorBody(code=exc.code, message=exc.message, field=exc.field), headers
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return exc.status_code, ErrorBody(code=code, message=str(exc.detail)), dict(exc.headers or {})
-    log.exception("unexpected error", exc_info=exc)
-    return 500, ErrorBody(code="internal_error", message=f"{type(exc).__name__}: {exc}"), headers
+    log.error("unexpected error%s", ref, exc_info=exc)
+    return 500, ErrorBody(code="internal_error", message="internal server error" + ref), headers
+
+
+def request_id_of(request: Any) -> str | None:
+    state = request.scope.get("state") if request is not None else None
+    return state.get("request_id") if isinstance(state, dict) else None
 
 
 def error_response(request: Request | None, exc: BaseException) -> Response:
     from lmlens_http.codec import encode_response  # the codec imports the errors above
 
-    status, body, headers = body_of(exc)
+    status, body, headers = body_of(exc, request_id_of(request))
     return encode_response(request, body, status=status, headers=headers)
 
 
@@ -131,5 +171,6 @@ EXCEPTION_HANDLERS = {
     LmlensError: handle_exception,
     msgspec.ValidationError: handle_exception,
     HTTPException: handle_exception,
-    Exception: handle_exception,
 }
+"""Anything else reaches ``security.GuardMiddleware``, which logs it with the request id
+and answers 500 without dropping the connection (Starlette's own last handler re-raises)."""

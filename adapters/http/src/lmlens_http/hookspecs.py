@@ -15,7 +15,11 @@ from lmlens.hookspecs import hookspec
 @hookspec
 def register_routes(register: Callable[..., None]) -> None:
     """Call ``register(path, endpoint, methods=("POST",), request=None, response=None,
-    summary=None)`` for each HTTP route this plugin serves (``/predict/failure``).
+    summary=None, *, status=200, errors=(), responses=None, path_schema=None)`` for each
+    HTTP route this plugin serves (``/predict/failure``). ``status`` is the success status,
+    ``errors`` the error statuses it answers (``"404"``, ...), ``responses`` a response type
+    per HTTP method where they differ, ``path_schema`` a JSON schema per path parameter:
+    all for the OpenAPI document, which must say what the route really answers.
 
     ``endpoint(request)`` is an async Starlette endpoint; ``request.app.state.service``
     is the running ``lmlens_http.service.Service`` (its ``analyzer``, ``pool`` and

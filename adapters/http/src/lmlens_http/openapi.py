@@ -27,13 +27,14 @@ _JSON_AND_MSGPACK = ("application/json", "application/msgpack")
 # status -> the codes that come with it, for the documentation of errors
 ERRORS = {
     "400": "malformed body, empty text, unknown method",
-    "403": "model not in the allowlist",
-    "404": "unknown route",
+    "401": "an API key is required (Authorization: Bearer, or X-API-Key) or was not valid",
+    "403": "model not in the allowlist, or a browser origin not allowed",
+    "404": "unknown route or job",
     "413": "body, text or batch too large",
     "415": "unsupported content type",
     "422": "invalid request or params (field names the path)",
     "429": "rate limited (Retry-After)",
-    "503": "queue full (Retry-After)",
+    "503": "queue full, or the job queue unavailable (Retry-After)",
     "504": "timed out; the work was cancelled",
 }
 
@@ -47,6 +48,19 @@ def _rewrite_refs(node: Any) -> Any:
         return [_rewrite_refs(v) for v in node]
     if isinstance(node, str) and node.startswith("#/$defs/"):
         return "#/components/schemas/" + node.removeprefix("#/$defs/")
+    return node
+
+
+def _nan_may_be_null(node: Any) -> Any:
+    """JSON has no NaN or infinity: msgspec writes them as null. A float in a response can
+    be NaN (a loss over no positions), so the document says number or null."""
+    if isinstance(node, dict):
+        out = {k: _nan_may_be_null(v) for k, v in node.items()}
+        if out.get("type") == "number":
+            out["type"] = ["number", "null"]
+        return out
+    if isinstance(node, list):
+        return [_nan_may_be_null(v) for v in node]
     return node
 
 
@@ -64,23 +78,34 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
     ]
     for route in extra_routes:
         named.extend(t for t in (route.get("request"), route.get("response")) if t is not None)
+        named.extend(route.get("responses", {}).values())
     schemas, components = wire.json_schema(*named)
     refs = dict(zip(map(id, named), map(_rewrite_refs, schemas), strict=True))
     components = _rewrite_refs(components)
+    for name in [n for n in components if n not in ("AnalyzeRequest", "BatchRequest", "MethodParams")]:
+        if not name.endswith("Params"):
+            components[name] = _nan_may_be_null(components[name])
     # Rules the server checks after decoding (kernel checks, the allowlist, limits),
     # written into the document so that clients and fuzzers know them up front.
     text_rule = {"type": "string", "minLength": 1, "maxLength": service.settings.max_text_chars,
                  "pattern": "\\S", "description": "not only whitespace"}
+    methods_rule = {"type": "array", "items": {"type": "string", "enum": sorted(service.host.methods)},
+                    "minItems": 1, "default": ["attention"],
+                    "description": "repeated names are analysed once"}
+    model_rule = {"anyOf": [{"type": "string", "enum": service.allowed}, {"type": "null"}], "default": None}
     for name in ("AnalyzeRequest", "BatchRequest"):
         props = components[name]["properties"]
-        props["methods"]["items"] = {"type": "string", "enum": sorted(service.host.methods)}
-        props["methods"].update(minItems=1, uniqueItems=True)
-        props["model"] = {"anyOf": [{"type": "string", "enum": service.allowed}, {"type": "null"}],
-                          "default": None}
+        props["methods"] = methods_rule
+        props["model"] = model_rule
+        components[name]["allOf"] = params_need_their_method(sorted(service.host.methods))
     components["AnalyzeRequest"]["properties"]["text"] = text_rule
     batch = components["BatchRequest"]["properties"]
-    batch["texts"].update(items=text_rule, maxItems=service.config.max_batch_size)
+    queued = job_queue_available(service)
+    batch["texts"].update(items=text_rule, maxItems=service.config.max_job_texts if queued
+                          else service.config.max_batch_size)
     batch["batch_size"]["anyOf"][0]["maximum"] = service.config.max_batch_size
+    if "JobRequest" in components:
+        components["JobRequest"] = job_request_schema(service, components, text_rule, methods_rule, model_rule)
     errors = {
         status: {"description": text, "content": _content({"$ref": "#/components/schemas/ErrorBody"})}
         for status, text in ERRORS.items()
@@ -97,16 +122,24 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
             operation["requestBody"] = {"required": True, "content": _content(refs[id(request)])}
         return operation
 
-    post_errors = ("400", "403", "413", "415", "422", "429", "503", "504")
+    post_errors = ("400", "401", "403", "413", "415", "422", "429", "503", "504")
+    batch_op = op("Analyse many texts; batch_size texts per pool job", types.batch_result, types.batch, post_errors)
+    if queued:
+        batch_op["summary"] += "; over MAX_BATCH_SIZE texts, an analyze_batch job (202)"
+        batch_op["responses"]["202"] = {"description": "queued as a job", "content": _content(
+            {"type": "object", "required": ["id", "status", "texts", "location"], "properties": {
+                "id": {"type": "string"}, "status": {"type": "string"}, "texts": {"type": "integer"},
+                "location": {"type": "string"}}})}
     paths: dict[str, Any] = {
         "/analyze": {"post": op("Analyse one text with the named methods over one forward pass",
                                 types.result, types.analyze, post_errors)},
-        "/analyze/batch": {"post": op("Analyse many texts; batch_size texts per pool job",
-                                      types.batch_result, types.batch, post_errors)},
-        "/plugins": {"get": op("Installed plugins, their methods and load errors", plugin_list)},
-        "/models": {"get": op("Models this server may load (the allowlist)", model_list)},
+        "/analyze/batch": {"post": batch_op},
+        "/plugins": {"get": op("Installed plugins, their methods and load errors", plugin_list,
+                               statuses=("401", "403"))},
+        "/models": {"get": op("Models this server may load (the allowlist)", model_list,
+                              statuses=("401", "403"))},
         "/artifacts": {"get": {**op("Fitted artifacts (SAEs, predictors, detectors) and their metrics",
-                                    artifact_list),
+                                    artifact_list, statuses=("401", "403")),
                                "parameters": [{"name": "kind", "in": "query", "required": False,
                                                "schema": {"type": "string"}}]}},
         "/health": {"get": op("Models loaded, cache and Redis state, plugins", Health)},
@@ -114,19 +147,26 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
     for route in extra_routes:
         # Starlette's "/jobs/{id:int}" is OpenAPI's "/jobs/{id}" with a path parameter
         path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", route["path"])
-        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        path_schema = route.get("path_schema", {})
+        parameters = [{"name": name, "in": "path", "required": True,
+                       "schema": path_schema.get(name, {"type": "string"})}
                       for name in _PATH_PARAM.findall(route["path"])]
         for method in route["methods"]:
+            status = str(route.get("status", 200)) if method.upper() == "POST" else "200"
+            response = route.get("responses", {}).get(method.upper(), route.get("response"))
             operation: dict[str, Any] = {"summary": route.get("summary") or route["path"],
-                                         "responses": {"200": {"description": "OK"}}}
+                                         "responses": {status: {"description": "OK"}}}
             if parameters:
                 operation["parameters"] = parameters
-            if route.get("response") is not None:
-                operation["responses"]["200"]["content"] = _content(refs[id(route["response"])])
+            if response is not None:
+                operation["responses"][status]["content"] = _content(refs[id(response)])
+            for error in route.get("errors", ()):
+                if error in errors:
+                    operation["responses"][error] = errors[error]
             if route.get("request") is not None and method.upper() not in ("GET", "DELETE", "HEAD"):
                 operation["requestBody"] = {"required": True, "content": _content(refs[id(route["request"])])}
             paths.setdefault(path, {})[method.lower()] = operation
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "lmlens",
@@ -137,6 +177,64 @@ def build_openapi(service: Any, extra_routes: list[dict[str, Any]]) -> dict[str,
         "paths": paths,
         "components": {"schemas": components},
     }
+    if service.api_keys_enabled:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        document["security"] = [{"bearer": []}, {"apiKey": []}]
+        paths["/health"]["get"]["security"] = []
+    return document
+
+
+def params_need_their_method(methods: list[str]) -> list[dict[str, Any]]:
+    """``params.<m>`` (not null) is allowed only when ``m`` is among ``methods`` (which
+    defaults to attention): the server refuses params for a method it was not asked for."""
+    rules = []
+    for method in methods:
+        given = {"required": ["params"], "properties": {"params": {
+            "required": [method], "properties": {method: {"type": "object"}}}}}
+        listed: dict[str, Any] = {"required": ["methods"], "properties": {"methods": {"contains": {"const": method}}}}
+        if method == "attention":
+            listed = {"anyOf": [listed, {"not": {"required": ["methods"]}}]}
+        rules.append({"if": given, "then": listed})
+    return rules
+
+
+def job_queue_available(service: Any) -> bool:
+    import os
+
+    return bool(os.environ.get("REDIS_URL")) and "analyze_batch" in service.host.jobs and bool(
+        service.host.pm.hook.job_queue.get_hookimpls())
+
+
+def job_request_schema(service: Any, components: dict[str, Any], text_rule: dict[str, Any],
+                       methods_rule: dict[str, Any], model_rule: dict[str, Any]) -> dict[str, Any]:
+    """One alternative per job kind, each with its own params schema."""
+    variants = []
+    for kind, job in sorted(service.host.jobs.items()):
+        if kind == "analyze_batch":
+            params: dict[str, Any] = {
+                "type": "object", "required": ["texts"], "additionalProperties": False,
+                "properties": {
+                    "texts": {"type": "array", "items": text_rule, "minItems": 1,
+                              "maxItems": service.config.max_job_texts},
+                    "methods": methods_rule,
+                    "params": {"$ref": "#/components/schemas/MethodParams"},
+                    "model": model_rule,
+                },
+                "allOf": params_need_their_method(sorted(service.host.methods)),
+            }
+        else:
+            (schema,), extra = wire.json_schema(job.params)
+            for name, value in _rewrite_refs(extra).items():
+                components.setdefault(name, value)
+            params = _rewrite_refs(schema)
+        target = components.get(params.get("$ref", "").rsplit("/", 1)[-1], params)
+        required = ["kind", "params"] if target.get("required") else ["kind"]
+        variants.append({"type": "object", "required": required, "additionalProperties": False,
+                         "properties": {"kind": {"const": kind}, "params": params}})
+    return {"oneOf": variants} if variants else {"type": "object"}
 
 
 async def openapi_json(request: Request) -> Response:

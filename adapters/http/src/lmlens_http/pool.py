@@ -62,7 +62,8 @@ class AnalysisPool:
         self._admitted = 0
         self._running = 0
         self._lock = threading.Lock()
-        self._mean_s = 1.0  # running mean of job durations, for Retry-After
+        self._mean_s = 1.0  # recent mean of job durations (exponential), for Retry-After
+        self._samples = 0
         self._rejected = self._timed_out = self._shared = 0
 
     def stats(self) -> PoolStats:
@@ -78,8 +79,11 @@ class AnalysisPool:
         )
 
     def retry_after(self) -> int:
-        waiting = self._admitted - self.workers + 1
-        return max(1, min(60, math.ceil(self._mean_s * max(1, waiting) / self.workers)))
+        """Seconds until the work already admitted has drained: the jobs queued or running,
+        times the recent mean service time, over the workers. (The time until one slot
+        frees is much shorter, but a client admitted then would wait behind the queue.)"""
+        ahead = max(1, self._admitted)
+        return max(1, min(600, math.ceil(self._mean_s * ahead / self.workers)))
 
     async def run(
         self,
@@ -88,11 +92,15 @@ class AnalysisPool:
         *,
         listener: Listener | None = None,
         timeout_s: float | None = None,
+        measured: bool = True,
     ) -> T:
-        """Run ``work(notify)`` in the pool, or join the identical job already running."""
+        """Run ``work(notify)`` in the pool, or join the identical job already running.
+
+        ``measured``: its duration counts toward the service time behind Retry-After
+        (not for model loads and checks, which are not analyses)."""
         job = self._jobs.get(key) if key is not None else None
         if job is None or job.token.cancelled:
-            job = self._start(key, work)
+            job = self._start(key, work, measured)
         else:
             self._shared += 1
         assert job.future is not None
@@ -114,7 +122,7 @@ class AnalysisPool:
             if job.waiters == 0 and not job.future.done():
                 job.token.cancel("every client waiting for this analysis gave up")
 
-    def _start(self, key: str | None, work: Callable[[Notify], T]) -> _Job[T]:
+    def _start(self, key: str | None, work: Callable[[Notify], T], measured: bool = True) -> _Job[T]:
         if self._admitted >= self.workers + self.queue_size:
             self._rejected += 1
             raise OverloadedError(
@@ -145,7 +153,9 @@ class AnalysisPool:
                 elapsed = time.perf_counter() - started
                 with self._lock:
                     self._running -= 1
-                    self._mean_s = 0.8 * self._mean_s + 0.2 * elapsed
+                    if measured and not job.token.cancelled:  # cancelled work ran short: no sample
+                        self._mean_s = elapsed if self._samples == 0 else 0.7 * self._mean_s + 0.3 * elapsed
+                        self._samples += 1
 
         self._admitted += 1
         job.future = asyncio.wrap_future(self._executor.submit(runner), loop=loop)

@@ -76,12 +76,18 @@ class RateLimiter:
     def health(self) -> CacheHealth:
         if self.link is None:
             return CacheHealth(backend="memory", healthy=True)
+        from lmlens_http.caching import public_error
+
         report = self.link.health()
-        return CacheHealth(backend="redis", healthy=report.healthy, error=report.error)
+        return CacheHealth(backend="redis", healthy=report.healthy, error=public_error(report.error))
 
 
 def client_id(conn: HTTPConnection) -> str:
-    """The peer address: forwarded headers are not trusted (they are the client's to set)."""
+    """The API key's digest when keys are on, else the peer address (forwarded headers
+    are not trusted: they are the client's to set)."""
+    state = conn.scope.get("state") or {}
+    if state.get("client"):
+        return str(state["client"])
     return conn.client.host if conn.client else "unknown"
 
 

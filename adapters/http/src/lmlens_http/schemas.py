@@ -43,7 +43,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 class ProgressData(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     method: str | None  # None for the shared forward pass, windows and jobs
-    stage: Literal["start", "end", "window", "job"]
+    stage: Literal["start", "end", "window", "job", "cached"]
     fraction: float | None = None  # a followed job's progress in [0, 1]
 
 
@@ -55,8 +55,14 @@ class WsFollow(msgspec.Struct, frozen=True, kw_only=True, tag="follow", tag_fiel
     id: str | None = None
 
 
+class WsJobData(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    job: str
+    result: Any  # the job's result
+
+
 class WsJobComplete(msgspec.Struct, frozen=True, kw_only=True, tag="complete", tag_field="type"):
-    data: Any  # the job's result
+    data: WsJobData
     id: str | None = None
 
 
@@ -77,6 +83,28 @@ class WsError(msgspec.Struct, frozen=True, kw_only=True, tag="error", tag_field=
 
 # --- types that depend on the installed methods ------------------------------------------
 
+HTTP_DEFAULTS: dict[str, dict[str, Any]] = {"attention": {"patterns": False}}
+"""Defaults that differ over HTTP: full attention maps are [layer, head, n, n] floats (about
+59 MB of JSON at 128 tokens on SmolLM2), so the service sends the per-head summaries unless
+the request asks for ``patterns: true`` (then only for the requested layers and heads)."""
+
+
+def http_params(name: str, params: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """``params`` with this service's defaults (a subclass, so the kernel accepts it as is)."""
+    overrides = HTTP_DEFAULTS.get(name)
+    if not overrides:
+        return params
+    fields = {f.name: f for f in msgspec.structs.fields(params)}
+    changed = [(key, fields[key].type, value) for key, value in overrides.items() if key in fields]
+    if not changed:
+        return params
+    config = params.__struct_config__
+    return msgspec.defstruct(  # type: ignore[no-any-return]
+        params.__name__, changed, bases=(params,), kw_only=True, frozen=config.frozen,
+        forbid_unknown_fields=config.forbid_unknown_fields, module=params.__module__,
+    )
+
+
 
 class RequestTypes:
     """Request and result types with one typed ``params`` field per installed method.
@@ -91,7 +119,7 @@ class RequestTypes:
         for i, (name, method) in enumerate(sorted(methods.items())):
             attr = f"m{i}"  # method names need not be identifiers
             rename[attr] = name
-            fields.append((attr, method.params | None, None))
+            fields.append((attr, http_params(name, method.params) | None, None))
         self.params: type[Any] = msgspec.defstruct(
             "MethodParams", fields, kw_only=True, frozen=True, forbid_unknown_fields=True, rename=rename,
             omit_defaults=True,

@@ -29,10 +29,16 @@ from lmlens.wire import AnalysisResult
 from lmlens_http import codec
 from lmlens_http.caching import EncodedResponses, build_cache
 from lmlens_http.config import ServiceConfig, kernel_settings
-from lmlens_http.errors import BatchTooLargeError, InvalidRequestError, ModelNotAllowedError
+from lmlens_http.errors import (
+    BatchTooLargeError,
+    InvalidRequestError,
+    ModelNotAllowedError,
+    RequestTimeoutError,
+    from_validation,
+)
 from lmlens_http.pool import AnalysisPool, Listener, Notify
 from lmlens_http.ratelimit import build_limiter
-from lmlens_http.schemas import RequestTypes
+from lmlens_http.schemas import HTTP_DEFAULTS, RequestTypes
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Service:
         self.limiter = build_limiter(config.rate_limit, config.rate_window_s, self.cache.link)
         # Which spec resolved to which model, without keeping evicted models alive.
         self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
+        self.api_keys_enabled = bool(config.api_keys or config.api_key_file)
         self.types = RequestTypes(
             self.host.methods, wire.result_type(m.result for m in self.host.methods.values())
         )
@@ -79,20 +86,26 @@ class Service:
         params: Any,
         *,
         text_field: str = "text",
+        model_field: str = "model",
     ) -> Prepared:
         spec = model or self.default_model
         if spec not in self.allowed:
-            raise ModelNotAllowedError(
-                f"model {spec!r} is not served here; choose one of: {', '.join(self.allowed)}",
-                field="model",
-            )
+            message = f"model {spec!r} is not served here; choose one of: {', '.join(self.allowed)}"
+            unknown = [m for m in methods if isinstance(m, str) and m not in self.host.methods]
+            if unknown:  # say everything the request got wrong at once (the seed's body names both)
+                message += (f". Also, methods {', '.join(map(repr, unknown))} are not installed; installed "
+                            f"methods: {', '.join(sorted(self.host.methods))}")
+            raise ModelNotAllowedError(message, field=model_field)
         try:
             text = self.analyzer.check_text(text)
         except LmlensError as exc:
             exc.field = text_field
             raise
         chosen = self.analyzer.resolve_methods(list(methods))
-        given = params if isinstance(params, dict) else self.types.params_dict(params)
+        given = dict(params) if isinstance(params, dict) else self.types.params_dict(params)
+        for name, overrides in HTTP_DEFAULTS.items():  # summaries, not full maps, unless asked
+            if name in methods and name not in given:
+                given[name] = dict(overrides)
         resolved = self.analyzer.resolve_params(chosen, given)
         encoded_params = []
         for method in chosen:
@@ -120,6 +133,85 @@ class Service:
             self.prepare(text, request.model, request.methods, request.params, text_field=f"texts[{i}]")
             for i, text in enumerate(request.texts)
         ]
+
+    async def check_job(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Every check ``/analyze`` makes, for a job's params, before anything is queued.
+
+        Returns the params to queue (an ``analyze_batch`` gets the model and the HTTP
+        defaults filled in). Field paths point into the job request (``params.texts[3]``).
+        All the kernel calls are here, so moving to the kernel's prepared requests is one edit.
+        """
+        job = self.host.job(kind)
+        if kind == "analyze_batch":
+            texts = params.get("texts")
+            if isinstance(texts, list) and len(texts) > self.config.max_job_texts:
+                raise BatchTooLargeError(
+                    f"{len(texts)} texts in one job; the limit is {self.config.max_job_texts} (API_MAX_JOB_TEXTS): "
+                    "split the batch into several jobs",
+                    field="params.texts",
+                )
+        if kind == "analyze_batch" and isinstance(params.get("params"), dict):
+            # as on /analyze, a method's params given as null are not given
+            params = {**params, "params": {k: v for k, v in params["params"].items() if v is not None}}
+        try:
+            typed = wire.convert(params, job.params)
+        except msgspec.ValidationError as exc:
+            raise from_validation(exc, prefix="params") from None
+        if kind != "analyze_batch":
+            model = params.get("model")
+            if isinstance(model, str) and model not in self.allowed:
+                raise ModelNotAllowedError(
+                    f"model {model!r} is not served here; choose one of: {', '.join(self.allowed)}",
+                    field="params.model",
+                )
+            return params
+        methods = list(typed.methods) if typed.methods is not None else self.analyzer.default_methods()
+        method_params = {name: dict(value) for name, value in typed.params.items()}
+        for name, overrides in HTTP_DEFAULTS.items():
+            if name in methods:
+                method_params[name] = {**overrides, **method_params.get(name, {})}
+        if not typed.texts:
+            raise InvalidRequestError("give at least one text", field="params.texts")
+        at = 0
+        try:
+            first = self.prepare(typed.texts[0], typed.model, methods, method_params, text_field="texts[0]")
+            for at in range(1, len(typed.texts)):
+                self.analyzer.check_text(typed.texts[at])  # the same model, methods and params
+        except LmlensError as exc:
+            field = f"texts[{at}]" if exc.field == "text" else exc.field
+            exc.field = f"params.{field}" if field else "params"
+            raise
+        await self.check_plan(first, field_prefix="params.", texts=typed.texts)
+        return {"texts": list(typed.texts), "methods": [m.name for m in first.methods],
+                "params": msgspec.to_builtins(first.params), "model": first.model}
+
+    async def check_plan(self, prep: Prepared, *, field_prefix: str = "", texts: Sequence[str] = ()) -> None:
+        """The checks that need the model, in the pool, before work is queued elsewhere:
+        the kernel's ``Analyzer.prepare`` (every method's plan on the loaded model: layer and
+        head ranges, artifacts, the memory estimate) and the token count of every text in
+        ``texts`` (errors name ``texts[i]``)."""
+
+        def plan(notify: Notify) -> None:
+            loaded = self.load(prep.model)
+            try:  # the kernel's own plan step: every method's plan, artifacts, tokens, memory
+                self.analyzer.prepare(prep.text, [m.name for m in prep.methods], prep.params, model=prep.model)
+            except LmlensError as exc:
+                if texts and exc.field == "text":
+                    exc.field = "texts[0]"
+                raise
+            for i, text in enumerate(texts[1:], 1):
+                try:
+                    self.analyzer.tokenize(loaded, text)
+                except LmlensError as exc:
+                    exc.field = f"texts[{i}]"
+                    raise
+
+        try:
+            await self.pool.run(None, plan, measured=False)
+        except LmlensError as exc:
+            if field_prefix and exc.field and not isinstance(exc, RequestTimeoutError):
+                exc.field = field_prefix + exc.field
+            raise
 
     # --- cache (in a thread: Redis is I/O) -----------------------------------------------
 
@@ -214,7 +306,7 @@ class Service:
         for spec in self.config.preload:
             if spec not in self.allowed:
                 raise ModelNotAllowedError(f"preload model {spec!r} is not in the allowlist", field="preload")
-            await self.pool.run(None, functools.partial(self._load_for_pool, spec), timeout_s=600)
+            await self.pool.run(None, functools.partial(self._load_for_pool, spec), timeout_s=600, measured=False)
 
     def loaded_models(self) -> list[str]:
         return sorted(self._loaded.keys())

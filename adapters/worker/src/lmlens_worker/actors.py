@@ -16,7 +16,7 @@ from lmlens.analyzer import Analyzer
 from lmlens.plugins import PluginHost
 from lmlens_worker.broker import ACTOR_NAME, make_broker
 from lmlens_worker.runner import execute
-from lmlens_worker.settings import WorkerSettings
+from lmlens_worker.settings import WorkerSettings, analyzer_settings
 from lmlens_worker.store import JobStore
 
 settings = WorkerSettings.from_env()
@@ -32,9 +32,10 @@ def _shared() -> tuple[JobStore, PluginHost, Analyzer]:
     with _lock:
         if not _state:
             host = PluginHost()
-            _state["store"] = JobStore(redis.Redis.from_url(settings.redis_url), settings.result_ttl_s)
+            _state["store"] = JobStore(redis.Redis.from_url(settings.redis_url), settings.result_ttl_s,
+                                       settings.lease_s)
             _state["host"] = host
-            _state["analyzer"] = Analyzer(plugins=host)
+            _state["analyzer"] = Analyzer(plugins=host, settings=analyzer_settings(list(host.aliases)))
         return _state["store"], _state["host"], _state["analyzer"]
 
 

@@ -29,11 +29,14 @@ def job_queue() -> Any:
 
 
 def _queue() -> Any:
-    from lmlens.errors import InvalidParamsError
-    from lmlens_worker.queue import RedisJobQueue
+    from lmlens_worker.queue import QueueUnavailableError, RedisJobQueue
 
     if not os.environ.get("REDIS_URL"):
-        raise InvalidParamsError("set REDIS_URL to the Redis the workers use", field="REDIS_URL")
+        raise QueueUnavailableError(
+            "no job queue configured: set REDIS_URL to the Redis your workers use "
+            "(e.g. REDIS_URL=redis://127.0.0.1:6379/0) and start `lmlens worker`",
+            field="REDIS_URL",
+        )
     return RedisJobQueue()
 
 
@@ -110,6 +113,10 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def register_routes(register: Any) -> None:
+    """The job routes, when the service has a queue (``REDIS_URL``); without one they
+    would only ever answer 503, and the OpenAPI document would promise what is not there."""
+    if not os.environ.get("REDIS_URL"):
+        return
     from lmlens_worker import routes
 
     routes.register(register)

@@ -3,6 +3,11 @@
     POST   /jobs        {"kind", "params"} -> 202 {"id", "status"}
     GET    /jobs/{id}   status, progress, and the result or the error
     DELETE /jobs/{id}   ask the job to stop
+
+A job request gets the checks ``/analyze`` makes, before anything is queued: the same
+body decoding (content type, size, UTF-8, depth), every text and method param of an
+``analyze_batch`` (errors name ``params.texts[3]``), the model allowlist, and a bound
+on the texts per job. Redis down or paused is a quick 503 ``queue_unavailable``.
 """
 
 from __future__ import annotations
@@ -16,14 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmlens.errors import InvalidParamsError, LmlensError
-from lmlens_worker.queue import RedisJobQueue
+from lmlens_worker.queue import QueueUnavailableError, RedisJobQueue, check_job_id, unpack_arrays
 from lmlens_worker.store import JobStatus
 
 
-class NoJobQueueError(LmlensError):
-    code = "no_job_queue"
-    http_status = 503
+class NoJobQueueError(QueueUnavailableError):
+    """No REDIS_URL: the service has no queue (a setting, not a passing outage)."""
 
 
 class JobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,6 +37,11 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class JobAccepted(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     status: str
+
+
+class JobCancelAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    cancelled: bool
 
 
 class JobState(JobStatus, frozen=True, kw_only=True):
@@ -48,7 +56,8 @@ _queues: dict[str, RedisJobQueue] = {}
 def job_queue(request: Request) -> RedisJobQueue:
     url = os.environ.get("REDIS_URL")
     if not url:
-        raise NoJobQueueError("jobs need Redis: set REDIS_URL for the service and start `lmlens worker`")
+        raise NoJobQueueError("jobs need Redis: set REDIS_URL for the service and start `lmlens worker`",
+                              retry_after=60)
     if url not in _queues:
         service = getattr(request.app.state, "service", None)
         host = getattr(service, "host", None)
@@ -57,23 +66,13 @@ def job_queue(request: Request) -> RedisJobQueue:
 
 
 async def submit_job(request: Request) -> Response:
-    from lmlens_http.codec import encode_response
+    from lmlens_http.codec import decode_request, encode_response
 
-    body = await request.body()
-    try:
-        payload = msgspec.json.decode(body, type=JobRequest)
-    except msgspec.DecodeError as exc:
-        raise InvalidParamsError(f"the body is not a valid job request: {exc}", field="body") from None
-    service = getattr(request.app.state, "service", None)
-    model = payload.params.get("model")
-    if service is not None and model is not None and model not in service.allowed:
-        from lmlens_http.errors import ModelNotAllowedError
-
-        raise ModelNotAllowedError(
-            f"model {model!r} is not served here; choose one of: {', '.join(service.allowed)}", field="params.model"
-        )
+    service = request.app.state.service
+    payload = await decode_request(request, JobRequest, service.config.max_body_bytes)
+    params = await service.check_job(payload.kind, payload.params)  # raises with the item's path
     queue = job_queue(request)
-    job_id = await run_in_threadpool(queue.submit, payload.kind, payload.params)
+    job_id = await run_in_threadpool(queue.submit, payload.kind, params)
     return encode_response(request, JobAccepted(id=job_id, status="queued"), status=202,
                            headers={"Location": f"/jobs/{job_id}"})
 
@@ -81,21 +80,28 @@ async def submit_job(request: Request) -> Response:
 async def job(request: Request) -> Response:
     from lmlens_http.codec import encode_response
 
+    job_id = check_job_id(request.path_params["id"])  # before Redis: "x:result" is no job
     queue = job_queue(request)
-    job_id = request.path_params["id"]
     if request.method == "DELETE":
         cancelled = await run_in_threadpool(queue.cancel, job_id)
-        return encode_response(request, {"id": job_id, "cancelled": cancelled})
+        return encode_response(request, JobCancelAnswer(id=job_id, cancelled=cancelled))
     status = await run_in_threadpool(queue.status, job_id)
     result = None
     if status["status"] == "done":
         raw = await run_in_threadpool(queue.raw_result, job_id)
-        result = msgspec.msgpack.decode(raw) if raw is not None else None
+        result = unpack_arrays(msgspec.msgpack.decode(raw)) if raw is not None else None
     return encode_response(request, JobState(**status, result=result))
+
+
+SUBMIT_ERRORS = ("400", "401", "403", "404", "413", "415", "422", "429", "503")
+JOB_ERRORS = ("401", "403", "404", "429", "503")
 
 
 def register(register_route: Callable[..., None]) -> None:
     register_route("/jobs", submit_job, methods=("POST",), request=JobRequest, response=JobAccepted,
-                   summary="Queue a job (analyze_batch, or a plugin's) on the workers")
+                   summary="Queue a job (analyze_batch, or a plugin's) on the workers",
+                   status=202, errors=SUBMIT_ERRORS)
     register_route("/jobs/{id}", job, methods=("GET", "DELETE"), response=JobState,
-                   summary="A job's status, progress and result; DELETE cancels it")
+                   summary="A job's status, progress and result; DELETE cancels it",
+                   errors=JOB_ERRORS, responses={"DELETE": JobCancelAnswer},
+                   path_schema={"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}})

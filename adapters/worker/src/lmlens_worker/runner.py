@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+import redis
 
 from lmlens import wire
 from lmlens.errors import LmlensError
@@ -37,6 +42,33 @@ class RedisJobContext:
         self.store.item_done(self.job_id, index, value)
 
 
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def lease(store: JobStore, job_id: str) -> Iterator[None]:
+    """Renew the job's lease every ``lease_s / 3`` while it runs, from a thread of its own
+    (a long method call does not stop it). A SIGKILLed worker stops renewing: the record
+    reads ``stale`` after ``lease_s``, until Dramatiq requeues the message."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(store.lease_s / 3):
+            try:
+                store.beat(job_id)
+            except redis.RedisError:
+                log.warning("could not renew the lease of job %s", job_id)
+
+    store.beat(job_id)
+    thread = threading.Thread(target=renew, name=f"lease-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 class RetryJob(Exception):
     """Raised to hand a failed attempt back to Dramatiq's retry middleware."""
 
@@ -62,7 +94,8 @@ def execute(
     done = store.done_items(job_id)
     attempt = store.start_attempt(job_id, resumed_items=len(done))
     try:
-        value = job.run(params, RedisJobContext(store, job_id, analyzer))
+        with lease(store, job_id):
+            value = job.run(params, RedisJobContext(store, job_id, analyzer))
     except JobCancelled:
         store.update(job_id, status="cancelled", message="cancelled")
         return "cancelled"
@@ -70,8 +103,17 @@ def execute(
         store.update(job_id, status="failed", message="failed",
                      error={"code": exc.code, "message": exc.message, "field": exc.field})
         return "failed"
-    except Exception as exc:
-        error = {"code": "job_error", "message": f"{type(exc).__name__}: {exc}", "attempt": attempt}
+    except BaseException as exc:
+        # Exceptions, and Dramatiq's interrupts (the time limit, shutdown), which are BaseExceptions:
+        # the record says what happened; Dramatiq decides on the retry (``broker.JobRecords``
+        # marks the job failed when no retry is left).
+        log.error("job %s attempt %s failed", job_id, attempt, exc_info=exc)
+        name = type(exc).__name__
+        code = "time_limit" if name == "TimeLimitExceeded" else "job_error"
+        error = {"code": code, "message": f"{name}: {exc}"[:300], "attempt": attempt}
+        if not isinstance(exc, Exception):
+            store.update(job_id, status="retrying", message=f"attempt {attempt} interrupted ({name})", error=error)
+            raise
         if retries >= max_retries:
             store.update(job_id, status="failed", message=f"failed after {attempt} attempts", error=error)
             return "failed"

@@ -6,6 +6,8 @@ import os
 
 import msgspec
 
+from lmlens.settings import Settings
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -25,6 +27,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_ms: int = 30_000
     # Chance (per million broker calls) of the maintenance that requeues dead workers' messages.
     maintenance_chance: int = 10_000
+    # A running job renews its lease every lease_s / 3; a record not renewed for lease_s reads stale.
+    lease_s: float = 60.0
+    redis_timeout_s: float = 2.0  # one Redis call from the job routes and the CLI
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -38,4 +43,19 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
             time_limit_ms=_int("LMLENS_JOB_TIME_LIMIT_MS", 6 * 3600 * 1000),
             heartbeat_timeout_ms=_int("LMLENS_WORKER_HEARTBEAT_MS", 30_000),
             maintenance_chance=_int("LMLENS_WORKER_MAINTENANCE_CHANCE", 10_000),
+            lease_s=float(os.environ.get("LMLENS_JOB_LEASE_S") or 60.0),
+            redis_timeout_s=float(os.environ.get("LMLENS_JOB_REDIS_TIMEOUT") or 2.0),
         )
+
+
+def analyzer_settings(aliases: list[str]) -> Settings:
+    """The kernel's settings for a worker's Analyzer: without ``LMLENS_MODELS``, only the
+    registered aliases (never a path or hub id a job names), unless
+    ``LMLENS_ALLOW_ANY_MODEL=1`` says otherwise."""
+    settings = Settings.from_env()
+    if settings.allowed_models is None and os.environ.get("LMLENS_ALLOW_ANY_MODEL", "").lower() not in (
+        "1", "true", "yes"
+    ):
+        allowed = list(dict.fromkeys([*sorted(aliases), settings.default_model]))
+        settings = msgspec.structs.replace(settings, allowed_models=allowed)
+    return settings

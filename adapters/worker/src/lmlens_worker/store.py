@@ -21,6 +21,10 @@ FINAL = {"done", "failed", "cancelled"}
 
 
 class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's record. ``stale``: it reads ``running`` but its worker has not renewed the
+    lease (``heartbeat``) for ``lease_s``: the worker is gone, and the job waits for
+    Dramatiq to requeue it (or for nobody, if every worker is gone)."""
+
     id: str
     kind: str
     status: str
@@ -32,24 +36,29 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     created: float
     updated: float
     has_result: bool
+    heartbeat: float | None = None
+    stale: bool = False
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, lease_s: float = 60.0) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.lease_s = lease_s
 
     @staticmethod
     def key(job_id: str) -> str:
         return f"lmlens:job:{job_id}"
 
-    def create(self, kind: str, params: dict[str, Any]) -> str:
+    def create(self, kind: str, params: dict[str, Any] | bytes) -> str:
         job_id = uuid.uuid4().hex
+        if not isinstance(params, bytes):
+            params = msgspec.json.encode(params)
         now = time.time()
         key = self.key(job_id)
         with self.client.pipeline() as pipe:
             pipe.hset(key, mapping={
-                "kind": kind, "params": msgspec.json.encode(params), "status": "queued", "progress": 0.0,
+                "kind": kind, "params": params, "status": "queued", "progress": 0.0,
                 "message": "queued", "attempts": 0, "error": b"", "resumed_items": 0, "cancelled": 0,
                 "created": now, "updated": now,
             })
@@ -87,10 +96,13 @@ class JobStore:
             raise KeyError(job_id)
         get = {k.decode(): v for k, v in raw.items()}
         error = get.get("error") or b""
+        status = get["status"].decode()
+        heartbeat = float(get["heartbeat"]) if get.get("heartbeat") else None
+        stale = status == "running" and time.time() - (heartbeat or float(get["updated"])) > self.lease_s
         return JobStatus(
             id=job_id,
             kind=get["kind"].decode(),
-            status=get["status"].decode(),
+            status=status,
             progress=float(get["progress"]),
             message=get["message"].decode(),
             attempts=int(get["attempts"]),
@@ -99,7 +111,21 @@ class JobStore:
             created=float(get["created"]),
             updated=float(get["updated"]),
             has_result=bool(self.client.exists(self.key(job_id) + ":result")),
+            heartbeat=heartbeat,
+            stale=stale,
         )
+
+    def beat(self, job_id: str) -> None:
+        """Renew the running job's lease."""
+        self.client.hset(self.key(job_id), "heartbeat", time.time())
+
+    def fail_unless_final(self, job_id: str, message: str, error: dict[str, Any]) -> bool:
+        """Mark a job failed unless it already ended (done, failed, cancelled); True if marked."""
+        raw = self.client.hget(self.key(job_id), "status")
+        if raw is None or raw.decode() in FINAL or self.result(job_id) is not None:
+            return False
+        self.update(job_id, status="failed", message=message, error=error)
+        return True
 
     # --- items and results -------------------------------------------------------------
 

@@ -118,6 +118,10 @@ def run_anomaly(trace: Trace, params: AnomalyParams) -> AnomalyResult:
     return report(verdict, detector, name, params, notes_for(detector, params))
 
 
+def _artifacts(params: AnomalyParams, loaded: Any) -> list[tuple[str, str]]:
+    return [(KIND, params.detector or default_name(loaded.name))]
+
+
 def _extra_bytes(info: Any, params: AnomalyParams, n_tokens: int) -> float:
     return float(n_tokens * info.d_model * 8 * 4)  # float64 copies of the states one layer at a time
 
@@ -134,7 +138,7 @@ ANOMALY = Method(
     version=VERSION,
     token_fields={"token_scores": 0},
     extra_bytes=_extra_bytes,
-    # a named detector is checked against the model before any work; the default is
-    # resolved from the model's name in run() (``artifacts`` gets no model to resolve it)
-    artifacts=lambda params: [(KIND, params.detector)] if params.detector else [],
+    # the named detector, or the model's default, is checked against the model before any
+    # work, and its content hash keys the result cache
+    artifacts=_artifacts,
 )

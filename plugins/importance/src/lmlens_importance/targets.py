@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lmlens import InvalidParamsError, LoadedModel, Need, Trace
+from lmlens.errors import TextTooLongError
 from lmlens.forward import run_forward
 from lmlens.special import special_positions as kernel_special_positions
 from lmlens_importance.errors import NonFiniteAttributionError
@@ -63,6 +64,7 @@ class Objective:
     token_ids: list[int] = field(default_factory=list)
     token_text: str = ""
     lm_positions: int = 0  # positions that go through the LM head (memory estimate)
+    f_input: float | None = None  # f(embeds) when building the target already computed it
 
     def __call__(self, embeds: torch.Tensor, *, grad: bool) -> torch.Tensor:
         """[batch, pos, d_model] -> [batch]. ``grad`` keeps the graph for a backward pass."""
@@ -95,6 +97,15 @@ def _logprobs(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
 
 
+def _check_fits(loaded: LoadedModel, n_tokens: int, name: str, what: str) -> None:
+    """A typed 413 before the extra passes, not an index error from inside the model."""
+    limit = loaded.info.max_positions
+    if limit and n_tokens > limit:
+        raise TextTooLongError(
+            f"{what} come to {n_tokens} tokens; {loaded.name} takes at most {limit}", field=f"{FIELD}.{name}"
+        )
+
+
 def resolve_kind(loaded: LoadedModel, params: ImportanceParams) -> str:
     kind = params.target
     if kind == "auto":
@@ -123,6 +134,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
     n = ids.shape[1]
     if kind == "next_token":
         head = _lm_head(loaded)
+        f_input: float | None = None
         if params.target_token is not None:
             wanted = tokenize_plain(loaded, params.target_token)
             if len(wanted) != 1:
@@ -135,7 +147,9 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
         else:
             hidden = run_forward(loaded, [Need("final")], inputs_embeds=embeds)["final"]
             with torch.inference_mode():
-                token = int(head(hidden[:, -1]).argmax(-1)[0])
+                logp = _logprobs(head, hidden[:, -1:])[0, 0]  # [vocab]
+                token = int(logp.argmax())
+                f_input = float(logp[token])  # the target at the text: no second pass for it
 
         def next_token(hidden: torch.Tensor) -> torch.Tensor:
             return _logprobs(head, hidden[:, -1:])[:, 0, token]  # [batch]
@@ -150,6 +164,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
             token_ids=[token],
             token_text=piece,
             lm_positions=1,
+            f_input=f_input,
         )
     if kind == "continuation":
         head = _lm_head(loaded)
@@ -157,6 +172,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
         cont = tokenize_plain(loaded, params.continuation)
         if not cont:
             raise InvalidParamsError("the continuation has no tokens", field=f"{FIELD}.continuation")
+        _check_fits(loaded, n + len(cont), "continuation", "the text and the continuation")
         cont_ids = torch.tensor(cont, device=loaded.device)  # [extra]
         suffix = embed_ids(loaded, cont_ids[None])  # [1, extra, d_model]
 
@@ -189,6 +205,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
         return Objective(loaded, kind, "mean next-token loss (nats) over the text", embeds, loss, lm_positions=n - 1)
     assert params.other_text
     other = loaded.tokenizer(params.other_text, return_tensors="pt")["input_ids"].to(loaded.device)
+    _check_fits(loaded, int(other.shape[1]), "other_text", "other_text")
     other_hidden = run_forward(loaded, [Need("final")], input_ids=other)["final"]
     with torch.inference_mode(False):
         reference = other_hidden.mean(1).clone()  # [1, d_model] mean-pooled
