@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python plugins/importance/bench/bench_ig.py
 	$(BIN)/python plugins/patching/bench/bench_patching.py
 	$(BIN)/python plugins/sae/bench/bench_sae.py
+	$(BIN)/python plugins/anomaly/bench/bench_anomaly.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
 	$(BIN)/python plugins/failure/bench/bench_failure.py
