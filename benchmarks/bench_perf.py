@@ -130,7 +130,7 @@ def row_ig(repeats: int, lengths: list[int]) -> None:
             found["captum"] = attr.sum(-1)[0].detach().double()
 
         def ours(found: dict[str, torch.Tensor] = found, trace: Trace = trace) -> None:
-            result = run_importance(trace, ImportanceParams(baseline="zero", steps=32, faithfulness=False))
+            result = run_importance(trace, ImportanceParams(method="integrated_gradients", baseline="zero", steps=32, faithfulness=False))
             found["lmlens"] = torch.as_tensor(result.scores).double()
 
         print(f"integrated gradients, smollm2-135m, {n} tokens, 32 steps, torch threads "
