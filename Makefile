@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python plugins/attention/bench/bench_attention.py
 	$(BIN)/python plugins/importance/bench/bench_ig.py
 	$(BIN)/python benchmarks/bench_perf.py
+	$(BIN)/python benchmarks/bench_cold_start.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
 
