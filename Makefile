@@ -47,8 +47,10 @@ bench: setup
 	$(BIN)/python plugins/importance/bench/bench_ig.py
 	$(BIN)/python benchmarks/bench_perf.py
 	$(BIN)/python benchmarks/bench_cold_start.py
+	$(BIN)/python plugins/patching/bench/bench_patching.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
+	$(BIN)/python plugins/failure/bench/bench_failure.py
 
 clean:
 	rm -rf $(VENV) .tox out
