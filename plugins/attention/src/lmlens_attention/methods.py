@@ -253,6 +253,9 @@ class HeadImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     ablations: list[Literal["zero", "mean"]] = msgspec.field(default_factory=lambda: ["zero", "mean"])
     layers: list[int] | None = None  # None: every layer
     batch_size: int = 0  # ablated copies of the text per forward pass; 0: about 2048 tokens per pass
+    # exact: one ablated copy of the text per (kind, layer, head); attribution: a first-order
+    # estimate from one forward and one backward pass (attribution patching), causal LMs only
+    mode: Literal["exact", "attribution"] = "exact"
 
 
 class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importance"):
@@ -262,7 +265,8 @@ class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importan
     clean: float  # the metric without ablation (0 for final_state_change)
     zero: Float32Array | None  # [layer, head]: metric with the head zeroed, minus clean
     mean: Float32Array | None  # [layer, head]: metric with the head's output replaced by its mean
-    n_passes: int  # forward passes used, the clean one included
+    n_passes: int  # forward passes used, the clean one included (attribution: 1, with its backward)
+    mode: str = "exact"  # "attribution": zero and mean are first-order estimates
 
 
 def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence[Need]:
@@ -270,6 +274,12 @@ def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence
     check_range(params.batch_size, 0, 512, "batch_size", "head_importance")
     if not params.ablations:
         raise InvalidParamsError("ask for at least one ablation", field="params.head_importance.ablations")
+    if params.mode == "attribution" and not (info.causal and info.has_lm_head):
+        raise InvalidParamsError(
+            'mode "attribution" estimates the change of the next-token loss and needs a causal language '
+            'model; use mode "exact" for this model',
+            field="params.head_importance.mode",
+        )
     return []  # the ablation passes are the method's own
 
 
@@ -277,7 +287,10 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
     info = trace.model.info
     layers = pick(params.layers, info.n_layers, "layer", "head_importance")
     kinds = list(dict.fromkeys(params.ablations))
-    found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
+    if params.mode == "attribution":
+        found = importance.head_attribution(trace.model, trace.input_ids, layers, kinds)
+    else:
+        found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
     return HeadImportanceResult(
         layers=layers,
         heads=list(range(info.n_heads)),
@@ -286,13 +299,14 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
         zero=found.effects.get("zero"),
         mean=found.effects.get("mean"),
         n_passes=found.n_passes,
+        mode=params.mode,
     )
 
 
 HEAD_IMPORTANCE = Method(
     name="head_importance",
     description="effect of each head on the loss over the text, by zero and mean ablation "
-    "in batched passes",
+    "in batched passes, or estimated from one forward and one backward pass (mode attribution)",
     params=HeadImportanceParams,
     result=HeadImportanceResult,
     needs=_importance_needs,
