@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
+from lmlens import InvalidParamsError, Method, ModelInfo, Need, Plan, Result, Trace
 from lmlens.wire import Float32Array
 from lmlens_attention import classification, flow, importance, rollout, scores
 from lmlens_attention.probes import PROBE_CACHE
@@ -98,7 +99,16 @@ class PatternBuffer:
         return self
 
 
-def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What ``_attention_plan`` decided once per request, handed to ``_attention_run``."""
+
+    layers: list[int]
+    heads: list[int]
+    buffer: PatternBuffer | None  # filled by the pass when patterns are kept
+
+
+def _attention_plan(info: ModelInfo, params: AttentionParams) -> Plan:
     layers = pick(params.layers, info.n_layers, "layer", "attention")
     heads = pick(params.heads, info.n_heads, "head", "attention")
     check_range(params.top_k, 0, 64, "top_k", "attention")
@@ -107,30 +117,33 @@ def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]
     needs = []
     for slot, layer in enumerate(layers):
         point = f"blocks.{layer}.attn.pattern"
-        needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
+        needs.append(Need(point, reducer, name=f"summary.{layer}"))
         if params.patterns:
             keep = on_one_thread(partial(buffer.keep, slot=slot))
-            needs.append(Need(point, keep, name=f"attention.patterns.{layer}", keeps=len(heads) / info.n_heads))
-    return needs
+            needs.append(Need(point, keep, name=f"patterns.{layer}", keeps=len(heads) / info.n_heads))
+    return Plan(needs=needs, state=AttentionPlan(layers, heads, buffer if params.patterns else None))
+
+
+def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
+    return _attention_plan(info, params).needs
 
 
 def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
     info = trace.model.info
-    layers = pick(params.layers, info.n_layers, "layer", "attention")
-    heads = pick(params.heads, info.n_heads, "head", "attention")
+    plan: AttentionPlan = trace.state
+    layers, heads = plan.layers, plan.heads
     all_heads = heads == list(range(info.n_heads))
     index = torch.tensor(heads)
-    summaries = [trace[f"attention.summary.{layer}"] for layer in layers]
+    summaries = [trace[f"summary.{layer}"] for layer in layers]
 
     def gather(name: str) -> torch.Tensor:  # [layer, head, ...]
         stacked = torch.stack([s[name][0] for s in summaries])
         return stacked if all_heads else stacked.index_select(1, index)
 
     patterns = None
-    if params.patterns:
-        kept: PatternBuffer = trace[f"attention.patterns.{layers[0]}"]
-        assert kept.buffer is not None, "every kept layer wrote its slot"
-        patterns = kept.buffer.numpy()
+    if plan.buffer is not None:
+        assert plan.buffer.buffer is not None, "every kept layer wrote its slot"
+        patterns = plan.buffer.buffer.numpy()
     return AttentionResult(
         layers=layers,
         heads=heads,
@@ -150,6 +163,7 @@ ATTENTION = Method(
     params=AttentionParams,
     result=AttentionResult,
     needs=_attention_needs,
+    plan=_attention_plan,
     run=_attention_run,
     version=__version__,
     tags=("default",),
