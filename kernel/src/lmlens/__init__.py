@@ -20,6 +20,7 @@ from lmlens.artifacts import (
     data_provenance,
     model_fingerprint,
 )
+from lmlens.budget import rows_per_pass
 from lmlens.cache import Cache
 from lmlens.cancel import Cancelled, CancelToken
 from lmlens.capture import Need, Patch, PatchContext
@@ -95,6 +96,7 @@ __all__ = [
     "greedy_generate",
     "hookimpl",
     "model_fingerprint",
+    "rows_per_pass",
     "run_forward",
     "special_positions",
 ]

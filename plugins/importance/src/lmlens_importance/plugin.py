@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from lmlens import Method, ModelInfo, Need, Trace
+from lmlens.budget import rows_per_pass
 from lmlens_importance.baselines import reference_embeds
-from lmlens_importance.budget import rows_per_pass
 from lmlens_importance.faithfulness import faithfulness
 from lmlens_importance.gradients import gradient_x_input, saliency
 from lmlens_importance.integrated import IntegratedRun, integrated_gradients

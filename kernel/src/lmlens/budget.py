@@ -1,4 +1,7 @@
-"""How many rows (IG steps, occluded copies) one extra pass may hold within a memory budget.
+"""How many rows (IG steps, occluded copies, ablations) one extra pass may hold within a memory budget.
+
+Methods that batch their extra passes through ``run_forward`` size the batches here, so
+every plugin budgets memory the same way.
 
 The estimate counts what autograd keeps per row: a handful of ``d_model`` and
 ``d_mlp`` vectors per position and layer, the attention scores, and the
@@ -7,7 +10,7 @@ log-softmax over the vocabulary for the positions the target reads.
 
 from __future__ import annotations
 
-from lmlens import LoadedModel
+from lmlens.models import LoadedModel
 
 
 def _d_mlp(loaded: LoadedModel) -> int:
