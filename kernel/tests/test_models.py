@@ -179,3 +179,18 @@ def test_a_nonsense_device_is_a_typed_error(host: PluginHost) -> None:
 
     with pytest.raises(DeviceUnavailableError, match="unknown device 'gpu'"):
         load("tiny-gpt2", _options(host, device="gpu"))
+
+
+def test_gguf_conversion_key_follows_the_content_not_the_path(tmp_path) -> None:
+    from lmlens.models import _content_key
+
+    data = bytes(range(256)) * 9000  # more than two MiB, so head and tail differ
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    assert _content_key(a) == _content_key(b)  # the same wheel in two virtual environments
+    changed = tmp_path / "c" / "model.gguf"
+    changed.parent.mkdir()
+    changed.write_bytes(data[:-1] + b"x")
+    assert _content_key(changed) != _content_key(a)

@@ -386,6 +386,25 @@ def _dir_revision(path: Path) -> str:
     return "dir-" + digest.hexdigest()[:16]
 
 
+_CONTENT_KEYS: dict[tuple[str, int, int], str] = {}
+
+
+def _content_key(gguf: Path, chunk: int = 1 << 20) -> str:
+    """A key from the file's name, size and the bytes of its first and last MiB (and the
+    conversion's version): the same wheel installed in two virtual environments shares one
+    conversion, and a changed file gets a new one. Memoised per (path, size, mtime)."""
+    stat = gguf.stat()
+    memo = (str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT_KEYS:
+        digest = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{CONVERSION_VERSION}".encode())
+        with gguf.open("rb") as handle:
+            digest.update(handle.read(chunk))
+            handle.seek(max(0, stat.st_size - chunk))
+            digest.update(handle.read(chunk))
+        _CONTENT_KEYS[memo] = digest.hexdigest()[:16]
+    return _CONTENT_KEYS[memo]
+
+
 def convert_gguf(gguf: Path, cache_dir: Path) -> tuple[Path, str]:
     """Dequantise ``gguf`` once into ``cache_dir`` as safetensors; return (dir, revision).
 
@@ -394,9 +413,7 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> tuple[Path, str]:
     """
     from filelock import FileLock
 
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION_VERSION}"
-    revision = "gguf-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    revision = "gguf-" + _content_key(gguf)
     target = cache_dir / "converted" / f"{gguf.stem}-{revision}"
     if (target / "lmlens-revision.json").is_file():
         return target, revision
