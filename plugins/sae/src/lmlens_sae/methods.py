@@ -13,6 +13,7 @@ the encoding: less than one full forward pass for a middle layer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -415,17 +416,12 @@ SAE_FEATURES = Method(
     artifacts=_artifacts,
 )
 
-SAE = Method(
+SAE = dataclasses.replace(  # the seed's name for the same method, with a result tagged "sae"
+    SAE_FEATURES,
     name="sae",
     description="the seed's name for sae_features: SAE features per token",
-    params=SAEFeaturesParams,
     result=SAEResult,
-    needs=lambda info, params: (),
-    plan=_features_plan,
     run=lambda trace, params: _run_features(trace, params, SAEResult),
-    version=__version__,
-    token_fields=_TOKEN_FIELDS,
-    artifacts=_artifacts,
 )
 
 SAE_FEATURE = Method(
