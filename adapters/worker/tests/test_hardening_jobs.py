@@ -97,6 +97,26 @@ def test_job_bodies_are_bounded_typed_and_shaped_like_analyze(server, redis_serv
     assert job_keys(redis_server) == []
 
 
+def test_hostile_job_bodies_get_no_5xx(server, redis_server) -> None:
+    import http.client
+
+    from lmlens_http.hostile import bodies, wrong_content_types
+
+    cases = [*bodies("texts", wrap_job=True), *wrong_content_types(json.dumps(analyze_batch(["a"])).encode())]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    accepted = 0
+    for name, content_type, body in cases:
+        conn.request("POST", "/jobs", body=body, headers={"Content-Type": content_type} if content_type else {})
+        response = conn.getresponse()
+        payload = response.read()
+        assert response.status < 500, (name, payload[:300])
+        accepted += response.status == 202
+        if response.status >= 400:
+            assert json.loads(payload)["code"], name
+    conn.close()
+    assert accepted >= 2 and len(job_keys(redis_server)) == accepted  # only the accepted ones queued
+
+
 @pytest.mark.parametrize(
     ("params", "status", "code", "field"),
     [

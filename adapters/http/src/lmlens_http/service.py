@@ -165,7 +165,7 @@ class Service:
                     field="params.model",
                 )
             return params
-        methods = list(typed.methods)
+        methods = list(typed.methods) if typed.methods is not None else self.analyzer.default_methods()
         method_params = {name: dict(value) for name, value in typed.params.items()}
         for name, overrides in HTTP_DEFAULTS.items():
             if name in methods:
