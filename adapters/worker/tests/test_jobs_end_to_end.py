@@ -107,7 +107,9 @@ def test_cancel_stops_a_running_job(queue, redis_server, test_plugins, start_wor
 
 def test_no_queue_without_redis_url(monkeypatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    with pytest.raises(InvalidParamsError, match="REDIS_URL"):
+    from lmlens.jobs import QueueUnavailableError
+
+    with pytest.raises(QueueUnavailableError, match="REDIS_URL"):  # missing configuration, not bad params
         Analyzer().submit("analyze_batch", {"texts": ["a"]})
 
 
