@@ -82,7 +82,7 @@ class AnalysisPool:
 
     def retry_after(self) -> int:
         """Seconds until the work already admitted has drained: the jobs queued or running,
-        times the recent mean service time, over the workers. (The time until one slot
+        times the median of the recent service times, over the workers. (The time until one slot
         frees is much shorter, but a client admitted then would wait behind the queue.)"""
         ahead = max(1, self._admitted)
         return max(1, min(600, math.ceil(self._mean_s * ahead / self.workers)))
