@@ -133,3 +133,21 @@ def test_summary_with_output_says_where_it_wrote(run, tmp_path: Path) -> None:
     result = run("analyze", "The cat sat", "--model", "tiny-gpt2", "-o", str(out))
     assert result.exit_code == 0 and "patterns" in result.stdout and f"wrote {out}" in result.stdout
     assert json.loads(out.read_text())["text"] == "The cat sat"
+
+
+def test_model_device_cuda_on_a_cpu_build_is_a_typed_error(run, monkeypatch) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the error of a torch build or machine without CUDA")
+    monkeypatch.setenv("MODEL_DEVICE", "cuda")
+    result = run("analyze", "hi", "--model", "tiny-gpt2")
+    assert result.exit_code == 2 and "error [device_unavailable]" in result.output
+    assert "Traceback" not in result.output and "MODEL_DEVICE=cpu" in result.output
+
+
+def test_offline_hub_id_fails_fast_on_the_command_line(run, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run("analyze", "hi", "--model", "gpt2")
+    assert result.exit_code == 2 and "error [model_load_failed]" in result.output and "offline" in result.output

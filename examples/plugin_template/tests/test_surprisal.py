@@ -53,3 +53,18 @@ def test_entropy_reducer_and_prefix_pass_match_a_direct_computation(tiny_analyze
 def test_empty_prefix_is_refused_before_any_work(tiny_analyzer) -> None:
     with pytest.raises(InvalidParamsError, match="prefix"):
         tiny_analyzer("gpt2").analyze("text", ["surprisal"], {"surprisal": {"prefix": "  "}})
+
+
+def test_surprisal_panel_draws_the_bits_and_the_nats(tiny_analyzer, tmp_path) -> None:
+    from lmlens_surprisal import surprisal_panel
+
+    result = tiny_analyzer("llama").analyze("surprise!", methods=["surprisal"])
+    found = result.methods["surprisal"]
+    assert surprisal_panel.controls(found) == {"unit": ["bits", "nats"]}
+    for unit, expected in (("bits", found.bits), ("nats", -found.logprob)):
+        fig = surprisal_panel(result, unit=unit, save_path=str(tmp_path / f"{unit}.html"))
+        tops = fig.renderers[0].data_source.data["top"]
+        np.testing.assert_allclose(tops[1:], expected[1:], rtol=1e-6)
+        assert tops[0] == 0.0 and (tmp_path / f"{unit}.html").stat().st_size > 1000
+    with pytest.raises(InvalidParamsError, match="unit"):
+        surprisal_panel(result, unit="bytes")

@@ -37,6 +37,7 @@ from lmlens.errors import (
     UnsupportedArchitectureError,
 )
 from lmlens.forward import run_forward
+from lmlens.generation import greedy_generate
 from lmlens.hookspecs import hookimpl
 from lmlens.jobs import Job, JobContext, QueueUnavailableError
 from lmlens.method import Method, Plan, Trace
@@ -91,6 +92,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "data_provenance",
+    "greedy_generate",
     "hookimpl",
     "model_fingerprint",
     "run_forward",

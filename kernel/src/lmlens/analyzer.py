@@ -501,7 +501,8 @@ class Analyzer:
         to that limit; ``window_size`` and ``notes`` in the result say so.
         """
         stream = DocumentStream(
-            self, text, methods, params, window_size=max_length, stride=stride,
+            self, text, self.default_methods() if methods is None else methods, params,
+            window_size=max_length, stride=stride,
             model=model, progress=progress, clamp_window=True,
         )
         if not use_chunking and len(stream) > 1:

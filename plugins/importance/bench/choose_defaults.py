@@ -31,9 +31,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gradient": {"method": "gradient"},
     "gradient_x_input": {"method": "gradient_x_input"},
     "occlusion": {"method": "occlusion"},
-    "IG zero, 32 GL": {"method": "integrated_gradients", "baseline": "zero", "steps": 32},
-    "IG pad, 32 GL": {"method": "integrated_gradients", "baseline": "pad", "steps": 32},
-    "IG pad, spherical, 64 GL": {
+    "IG zero 32 GL": {"method": "integrated_gradients", "baseline": "zero", "steps": 32},
+    "IG pad 32 GL": {"method": "integrated_gradients", "baseline": "pad", "steps": 32},
+    "IG pad spherical 64 GL": {
         "method": "integrated_gradients", "baseline": "pad", "path": "spherical", "steps": 64,
     },
 }

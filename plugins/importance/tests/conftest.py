@@ -34,6 +34,7 @@ def _float64_rms_norms(model: torch.nn.Module) -> None:
         norm = torch.nn.RMSNorm(weight.shape[0], eps=module.variance_epsilon, dtype=torch.float64)
         with torch.no_grad():
             norm.weight.copy_(weight)
+        norm.weight.requires_grad_(False)  # like every weight the kernel loads
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, norm)
 

@@ -13,7 +13,7 @@ from lmlens_importance.integrated import endpoint_values, integrated_gradients
 from lmlens_importance.params import ImportanceParams
 from lmlens_importance.paths import path_points
 from lmlens_importance.quadrature import path_nodes
-from lmlens_importance.targets import build_objective, frozen_parameters, special_positions
+from lmlens_importance.targets import build_objective, special_positions
 
 TEXT = "The cat sat on the mat"
 
@@ -45,18 +45,17 @@ def test_chunked_ig_equals_a_plain_reference_loop(float64_models, make_trace):
     """One alpha at a time straight through the HF model: no chunking, no run_forward."""
     loaded = float64_models["gpt2"]
     model = loaded.model
-    with frozen_parameters(model):
-        objective, base, _ = _setup(loaded, make_trace)
-        token = objective.token_ids[0]
-        ours = _run(objective, base, steps=16, batch=5)  # chunks of 5, 5, 5, 1
-        x = objective.embeds
-        nodes, weights = np.polynomial.legendre.leggauss(16)
-        expected = torch.zeros(x.shape[1], dtype=torch.float64)
-        for node, weight in zip(nodes, weights, strict=True):
-            point = (base + 0.5 * (node + 1) * (x - base)).requires_grad_(True)
-            value = model(inputs_embeds=point).logits[0, -1].log_softmax(-1)[token]
-            (grad,) = torch.autograd.grad(value, point)
-            expected += 0.5 * weight * (grad[0] * (x - base)[0]).sum(-1)
+    objective, base, _ = _setup(loaded, make_trace)
+    token = objective.token_ids[0]
+    ours = _run(objective, base, steps=16, batch=5)  # chunks of 5, 5, 5, 1
+    x = objective.embeds
+    nodes, weights = np.polynomial.legendre.leggauss(16)
+    expected = torch.zeros(x.shape[1], dtype=torch.float64)
+    for node, weight in zip(nodes, weights, strict=True):
+        point = (base + 0.5 * (node + 1) * (x - base)).requires_grad_(True)
+        value = model(inputs_embeds=point).logits[0, -1].log_softmax(-1)[token]
+        (grad,) = torch.autograd.grad(value, point)
+        expected += 0.5 * weight * (grad[0] * (x - base)[0]).sum(-1)
     assert ours.passes == 4
     assert torch.allclose(ours.scores, expected, rtol=1e-9, atol=1e-12)
 
@@ -74,8 +73,7 @@ def test_completeness_holds_on_the_spherical_path(float64_models, make_trace):
     """A path integral adds up to f(x) - f(b) on any path: checks the velocity formula."""
     # the tiny models' pad embedding is zero (padding_idx), so the baseline is [MASK]
     objective, base, _ = _setup(float64_models["llama"], make_trace, baseline="mask")
-    with frozen_parameters(objective.loaded.model):
-        run = _run(objective, base, steps=128, path="spherical")
+    run = _run(objective, base, steps=128, path="spherical")
     assert run.relative_delta is not None and run.relative_delta < 0.01
 
 
@@ -191,3 +189,36 @@ def test_nan_in_the_model_is_a_typed_error(tiny_analyzer):
             assert "NaN" in info.value.message
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("batch", [64, 5, 4])  # 64 and 5: the last chunk has room; 4: it has none
+def test_endpoints_computed_on_the_way_equal_a_separate_endpoint_pass(float64_models, make_trace, batch):
+    """f(input) and f(baseline) left to integrated_gradients (extra rows of the last gradient
+    chunk when they fit, else a pass of their own) equal the separate two-row pass, and the
+    scores are the same as with the endpoints given."""
+    loaded = float64_models["gpt2"]
+    objective, base, _ = _setup(loaded, make_trace)
+    given = _run(objective, base, steps=16, batch=batch)
+    f_x, f_b = endpoint_values(objective, base)
+    found = integrated_gradients(
+        objective, base, steps=16, rule="gauss_legendre", spacing="linear", batch_size=batch
+    )
+    known_input = integrated_gradients(
+        objective, base, steps=16, rule="gauss_legendre", spacing="linear", batch_size=batch, f_input=f_x
+    )
+    chunks = -(-16 // batch)
+    assert given.passes == chunks
+    assert found.passes == chunks + (1 if batch == 4 else 0)  # 16 = 4 x 4 leaves no room for two rows
+    for run in (found, known_input):
+        assert run.f_input == pytest.approx(f_x, rel=1e-10, abs=1e-12)
+        assert run.f_baseline == pytest.approx(f_b, rel=1e-10, abs=1e-12)
+        torch.testing.assert_close(run.scores, given.scores, rtol=1e-9, atol=1e-12)
+        assert run.delta == pytest.approx(given.delta, rel=1e-8, abs=1e-10)
+
+
+def test_next_token_target_knows_its_value_at_the_text(float64_models, make_trace):
+    """Choosing the top next token already ran the text: the objective keeps f(input) from it."""
+    loaded = float64_models["gpt2"]
+    objective, _, _ = _setup(loaded, make_trace)
+    assert objective.f_input is not None
+    assert objective.f_input == pytest.approx(float(objective.values(objective.embeds, batch_size=1)[0]), rel=1e-10)

@@ -95,6 +95,8 @@ def test_importance_command_prints_and_saves(tmp_path, monkeypatch):
             "The cat sat.",
             "--model",
             "tiny-llama",
+            "--method",
+            "integrated_gradients",
             "--steps",
             "4",
             "-p",
@@ -106,6 +108,9 @@ def test_importance_command_prints_and_saves(tmp_path, monkeypatch):
     assert ran.exit_code == 0, ran.output
     assert "UNRELIABLE" in ran.output and "faithfulness" in ran.output
     assert "UNRELIABLE" in picture.read_text()
+    auto = runner.invoke(group, ["importance", "The cat sat.", "--model", "tiny-llama"])
+    assert auto.exit_code == 0 and auto.output.startswith("occlusion") and "RMSNorm" in auto.output
+    assert "UNRELIABLE" not in auto.output and "ERASER (deleted, probability) AOPC" in auto.output
     bad = runner.invoke(group, ["importance", "x", "--model", "tiny-bert"])
     assert bad.exit_code == 2 and "other_text" in bad.output
 

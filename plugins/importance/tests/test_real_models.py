@@ -100,3 +100,14 @@ def test_encoder_similarity_on_minilm(lmlens_cache_dir):
     assert set(words) == {"A", "man", "is", "playing", "a", "guitar", "."}
     assert max(words, key=words.get) == "guitar"  # the shared word carries the similarity
     assert found.convergence.relative_delta < 0.05
+
+
+def test_the_default_on_smollm2_is_trusted(smollm2):
+    # issue 12: IG from a zero baseline is unreliable on SmolLM2 by construction; the default is not
+    found = smollm2.analyze(
+        "The capital of France is Paris, and the capital of Italy is", methods=["importance"]
+    ).methods["importance"]
+    assert found.method == "occlusion" and not found.unreliable and "RMSNorm" in found.method_reason
+    assert found.target.token_text == " Rome"
+    eraser = found.faithfulness.erasure("delete", "probability")
+    assert eraser.aopc_comprehensiveness > 0.5 and found.faithfulness.beats_random

@@ -2,7 +2,9 @@
 
 The environment names are the ones the README promises (``API_HOST``, ``REDIS_URL``,
 ``CACHE_TTL`` ...). ``config.yaml`` uses the field names of ``ServiceConfig``; its path
-is ``$LMLENS_CONFIG``, else ``./config.yaml`` when that file exists.
+is ``$LMLENS_CONFIG``, else ``./config.yaml`` when that file exists. The product
+description's nested file (``model:``, ``api:`` ... sections) is refused with a message
+that names the flat key replacing each nested one (``NESTED``).
 """
 
 from __future__ import annotations

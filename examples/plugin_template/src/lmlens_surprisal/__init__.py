@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -116,3 +117,41 @@ SURPRISAL = Method(
 @hookimpl
 def register_methods(register: Callable[[Method], None]) -> None:
     register(SURPRISAL)
+
+
+def surprisal_panel(result: Any, *, save_path: str | None = None, unit: str = "bits", **options: Any) -> Any:
+    """A bar per token: its surprisal in bits (or nats). Bokeh loads here, not at discovery."""
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    found = result.methods.get("surprisal") if hasattr(result, "methods") else result
+    if not isinstance(found, SurprisalResult):
+        raise InvalidParamsError("the analysis has no surprisal result to draw", field="method")
+    if unit not in ("bits", "nats"):
+        raise InvalidParamsError(f"unit must be bits or nats, not {unit!r}", field="unit")
+    values = found.bits if unit == "bits" else -found.logprob
+    labels = [f"{i}: {t.text or t.piece}" for i, t in enumerate(result.tokens)] if hasattr(result, "tokens") else []
+    source = ColumnDataSource({"x": list(range(len(values))), "top": np.nan_to_num(values).tolist(),
+                               "token": labels or [str(i) for i in range(len(values))]})
+    fig = figure(title=f"surprisal ({unit}); next token {found.next_token!r}", width=560, height=220,
+                 tools="save,reset,xwheel_zoom,xpan", toolbar_location="right")
+    fig.vbar(x="x", top="top", width=0.8, source=source, color="#4c72b0")
+    fig.add_tools(HoverTool(tooltips=[("token", "@token"), (unit, "@top{0.00}")]))
+    fig.xaxis.axis_label = "token position"
+    fig.yaxis.axis_label = unit
+    if save_path is not None:
+        from bokeh.embed import file_html
+        from bokeh.resources import INLINE  # a saved page opens offline
+
+        with open(save_path, "w", encoding="utf-8") as out:
+            out.write(file_html(fig, INLINE, "surprisal"))
+    return fig
+
+
+# Optional, for the dashboard: the selectors it shows above this panel (adapters/dashboard README).
+surprisal_panel.controls = lambda result: {"unit": ["bits", "nats"]}  # type: ignore[attr-defined]
+
+
+@hookimpl
+def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register("surprisal", surprisal_panel)

@@ -74,7 +74,35 @@ def _lazy_panel(function: str) -> Callable[..., Any]:
         return getattr(panels, function)(result, save_path=save_path, **options)
 
     panel.__name__ = function
+    for name, value in DASHBOARD.get(function, {}).items():
+        setattr(panel, name, value)
     return panel
+
+
+def _attention_controls(result: Any) -> dict[str, list[Any]]:
+    return {"view": ["pattern", "grid", "map"], "layer": list(result.layers), "head": list(result.heads),
+            "score": ["entropy", "sink_mass", "mean_distance"]}
+
+
+def _attention_detail(options: dict[str, Any]) -> dict[str, Any] | None:
+    view = options.get("view", "pattern")
+    if view == "map":
+        return None  # the per-head scores of the overview draw it
+    if view == "grid":
+        return {"layers": [options["layer"]], "patterns": True, "top_k": 0}
+    return {"layers": [options["layer"]], "heads": [options["head"]], "patterns": True, "top_k": 0}
+
+
+# The dashboard's optional panel attributes (adapters/dashboard/README.md, "panel contract"):
+# the first request keeps no maps; a map is fetched for the selected layer and head only.
+DASHBOARD: dict[str, dict[str, Any]] = {
+    "attention_panel": {"overview": {"patterns": False, "top_k": 0}, "controls": _attention_controls,
+                        "detail": _attention_detail},
+    "head_patterns_panel": {"controls": lambda result: {"category": list(result.categories)}},
+    "head_importance_panel": {
+        "controls": lambda result: {"ablation": [a for a in ("zero", "mean") if getattr(result, a) is not None]}
+    },
+}
 
 
 @hookimpl

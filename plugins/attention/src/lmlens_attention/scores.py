@@ -23,6 +23,7 @@ def first_free_query(causal: bool) -> int:
     return 1 if causal else 0
 
 
+_TINY = 1e-30  # p is clamped to this before the log: the term p log p is 0 at p = 0 and under 7e-29 below it
 _BLOCKS = 8  # row blocks for causal maps: block b reads only the keys up to its last query
 
 
@@ -41,12 +42,15 @@ def causal_row_blocks(n_q: int, n_k: int, causal: bool) -> list[tuple[int, int, 
 def attention_entropy(pattern: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """[batch, head, q_pos, k_pos] -> [batch, head]: mean over queries of -sum p log p (nats)."""
     p = pattern.float()
-    rows = [
-        -torch.xlogy(block, block).sum(-1)  # xlogy(0, 0) = 0
-        for r0, r1, k1 in causal_row_blocks(p.shape[-2], p.shape[-1], causal)
-        for block in (p[..., r0:r1, :k1],)
-    ]
-    return torch.cat(rows, dim=-1).mean(-1)
+    rows = []
+    for r0, r1, k1 in causal_row_blocks(p.shape[-2], p.shape[-1], causal):
+        block = p[..., r0:r1, :k1]
+        # p * log(max(p, tiny)) is 0 at p = 0, like xlogy, but xlogy's branch is not vectorised:
+        # measured 7.0 ms vs 2.5 ms per SmolLM2 layer at 512 tokens; in place, one temporary
+        terms = block.clamp_min(_TINY)
+        terms.log_().mul_(block)
+        rows.append(terms.sum(-1))
+    return -torch.cat(rows, dim=-1).mean(-1)
 
 
 def sink_mass(pattern: torch.Tensor, causal: bool = True) -> torch.Tensor:

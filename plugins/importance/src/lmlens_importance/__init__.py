@@ -44,6 +44,7 @@ def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None
 
         return draw(result, save_path=save_path, **options)
 
+    importance_panel.controls = lambda result: {"view": ["tokens", "words"]}  # type: ignore[attr-defined]
     register("importance", importance_panel)
 
 

@@ -10,6 +10,8 @@ import click
 
 def _summary(found: Any) -> str:
     lines = [f"{found.method}: {found.target.description} = {found.target.value:.4f}"]
+    if found.method_reason:
+        lines.append(f"({found.method_reason})")
     c = found.convergence
     if c is not None:
         rel = "n/a" if c.relative_delta is None else f"{c.relative_delta:.2%}"
@@ -28,6 +30,11 @@ def _summary(found: Any) -> str:
             + ", ".join(f"{x:.3g}@{k}" for x, k in zip(f.comprehensiveness, f.counts, strict=True))
             + "; sufficiency "
             + ", ".join(f"{x:.3g}@{k}" for x, k in zip(f.sufficiency, f.counts, strict=True))
+            + f"; AOPC {f.aopc_comprehensiveness:.3g} / {f.aopc_sufficiency:.3g} ({f.units})"
+            + "".join(
+                f"; ERASER (deleted, probability) AOPC {e.aopc_comprehensiveness:.3g} / {e.aopc_sufficiency:.3g}"
+                for e in [f.erasure("delete", "probability")] if e is not None
+            )
             + f"; deletion AUC {f.deletion_auc:.4g}"
             + ("" if f.random_deletion_auc is None else f" (random {f.random_deletion_auc:.4g})")
         )
@@ -42,9 +49,10 @@ def add_commands(cli: click.Group) -> None:
     @click.option(
         "--method",
         "-m",
-        default="integrated_gradients",
+        default="auto",
         show_default=True,
-        type=click.Choice(["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]),
+        type=click.Choice(["auto", "gradient", "gradient_x_input", "integrated_gradients", "occlusion"]),
+        help="auto: chosen per model family (occlusion on RMSNorm models, converged IG elsewhere)",
     )
     @click.option(
         "--target",

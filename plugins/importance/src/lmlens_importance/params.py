@@ -13,8 +13,7 @@ AttributionMethod = Literal["gradient", "gradient_x_input", "integrated_gradient
 MethodChoice = Literal["auto", "gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
 Removal = Literal["replace", "delete", "both"]
 TargetKind = Literal["auto", "next_token", "continuation", "loss", "similarity"]
-# auto: pad on RMSNorm models that have a pad token (a zero baseline explodes there), else zero
-BaselineKind = Literal["auto", "zero", "pad", "mask", "text"]
+BaselineKind = Literal["zero", "pad", "mask", "text"]
 ReplacementKind = Literal["zero", "pad", "mask"]
 Rule = Literal["gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
 Spacing = Literal["linear", "geometric"]
@@ -31,7 +30,7 @@ class ImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     continuation: str | None = None  # continuation: its summed log-probability after the text
     other_text: str | None = None  # similarity: the second text of the pair
     # integrated gradients
-    baseline: BaselineKind = "auto"
+    baseline: BaselineKind = "zero"
     baseline_text: str | None = None  # baseline="text": padded/truncated to the text's length
     steps: int = 32
     rule: Rule = "gauss_legendre"

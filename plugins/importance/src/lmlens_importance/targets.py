@@ -64,6 +64,7 @@ class Objective:
     token_ids: list[int] = field(default_factory=list)
     token_text: str = ""
     lm_positions: int = 0  # positions that go through the LM head (memory estimate)
+    f_input: float | None = None  # f(embeds) when building the target already computed it
 
     def __call__(self, embeds: torch.Tensor, *, grad: bool) -> torch.Tensor:
         """[batch, pos, d_model] -> [batch]. ``grad`` keeps the graph for a backward pass."""
@@ -133,6 +134,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
     n = ids.shape[1]
     if kind == "next_token":
         head = _lm_head(loaded)
+        f_input: float | None = None
         if params.target_token is not None:
             wanted = tokenize_plain(loaded, params.target_token)
             if len(wanted) != 1:
@@ -145,7 +147,9 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
         else:
             hidden = run_forward(loaded, [Need("final")], inputs_embeds=embeds)["final"]
             with torch.inference_mode():
-                token = int(head(hidden[:, -1]).argmax(-1)[0])
+                logp = _logprobs(head, hidden[:, -1:])[0, 0]  # [vocab]
+                token = int(logp.argmax())
+                f_input = float(logp[token])  # the target at the text: no second pass for it
 
         def next_token(hidden: torch.Tensor) -> torch.Tensor:
             return _logprobs(head, hidden[:, -1:])[:, 0, token]  # [batch]
@@ -160,6 +164,7 @@ def build_objective(trace: Trace, params: ImportanceParams) -> Objective:
             token_ids=[token],
             token_text=piece,
             lm_positions=1,
+            f_input=f_input,
         )
     if kind == "continuation":
         head = _lm_head(loaded)

@@ -1,0 +1,147 @@
+"""The dashboard in a real browser: load, analyse, draw, switch heads, plugins, API errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import numpy as np
+
+from lmlens import Analyzer
+from lmlens_dashboard.testing import children, choose, click, find, image, inner, prop, screenshot, type_text, wait
+
+MODEL = "tiny-gpt2"
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "out" / "screenshots"
+TEXT = "The cat sat on the mat because the cat was tired"
+
+
+def open_page(driver: Any, url: str) -> None:
+    driver.get(url)
+    wait(driver, lambda d: prop(d, "analyse", "label") == "Analyse", message="the page did not load")
+
+
+def done(driver: Any) -> bool:
+    text = prop(driver, "status", "text") or ""
+    if text == "failed":  # stop waiting: say what the page says
+        shown = [prop(driver, f"error-{w}", "text") for w in ("text", "compare", "model", "methods", "general")]
+        raise AssertionError(f"the analysis failed: {[s for s in shown if s]}")
+    return text.startswith("done")
+
+
+def head_pattern(reference: Analyzer, text: str, layer: int, head: int) -> np.ndarray:
+    params = {"attention": {"layers": [layer], "heads": [head], "top_k": 0}}
+    return reference.analyze(text, ["attention"], params).methods["attention"].patterns[0, 0]
+
+
+def colours(picture: Any) -> int:
+    return len(np.unique(np.asarray(picture).reshape(-1, 3), axis=0))
+
+
+def test_page_loads(driver: Any, dash: Any) -> None:
+    open_page(driver, dash.url + "/")
+    assert prop(driver, "methods", "labels") == ["attention", "attention_rollout", "head_importance",
+                                                 "head_patterns", "surprisal"]
+    assert prop(driver, "model", "value") == MODEL
+    assert inner(driver, ".lmlens-text", "textarea") is not None
+    screenshot(driver, None, SCREENSHOTS / "01-loaded.png")
+
+
+def test_analyse_heatmap_and_head_selector(driver: Any, dash: Any, reference: Analyzer) -> None:
+    open_page(driver, dash.url + "/")
+    type_text(driver, ".lmlens-text", TEXT)
+    click(driver, ".lmlens-analyse")
+    wait(driver, done, message="the analysis did not finish")
+    n = len(reference.analyze(TEXT, ["attention"], {"attention": {"patterns": False}}).tokens)
+
+    # the heatmap is the selected head's map, the numbers the kernel gives for it, and nothing more
+    shown = wait(driver, lambda d: (i := image(d, "panel-attention-0", values=True)) and i["painted"] and i)
+    assert shown["shape"] == [n, n]
+    np.testing.assert_allclose(np.asarray(shown["values"]).reshape(n, n), head_pattern(reference, TEXT, 0, 0),
+                               atol=1e-6)
+    assert prop(driver, "control-attention-head", "options") == ["0", "1", "2", "3"]  # tiny-gpt2: 2 layers x 4 heads
+    assert prop(driver, "control-attention-layer", "options") == ["0", "1"]
+    before = screenshot(driver, ".lmlens-panel-attention-0", SCREENSHOTS / "02-heatmap-head0.png")
+    assert before.size[0] > 300 and colours(before) > 30  # a drawn map, not a blank box
+
+    # the link in the address bar carries text, model and methods
+    query = parse_qs(urlparse(driver.current_url).query)
+    assert query["text"] == [TEXT] and query["model"] == [MODEL] and query["methods"] == ["attention"]
+
+    choose(driver, ".lmlens-control-attention-head", "1")
+    after = wait(driver, lambda d: (i := image(d, "panel-attention-0", values=True))
+                 and i["checksum"] != shown["checksum"] and i["painted"] and i, message="head 1 was not drawn")
+    np.testing.assert_allclose(np.asarray(after["values"]).reshape(n, n), head_pattern(reference, TEXT, 0, 1),
+                               atol=1e-6)
+    assert "head 1" in after["title"]
+    picture = screenshot(driver, ".lmlens-panel-attention-0", SCREENSHOTS / "03-heatmap-head1.png")
+    difference = np.abs(np.asarray(picture, dtype=np.int16) - np.asarray(before, dtype=np.int16))
+    assert picture.size == before.size and (difference.sum(axis=2) > 30).mean() > 0.02
+
+
+def test_shared_link_compare_and_template_panel(driver: Any, dash: Any) -> None:
+    query = urlencode({"text": TEXT, "compare": "A dog ran home", "model": MODEL, "methods": "attention,surprisal"})
+    open_page(driver, f"{dash.url}/?{query}")
+    wait(driver, done, message="the linked analysis did not finish")
+    assert prop(driver, "text", "value") == TEXT
+    assert find(driver, ".lmlens-section-surprisal") is not None  # the template plugin's panel
+    both = [wait(driver, lambda d, s=s: image(d, f"panel-attention-{s}")) for s in (0, 1)]
+    assert both[0]["shape"] != both[1]["shape"]  # two texts side by side, each its own map
+    assert children(driver, "panel-surprisal-0") == ["Figure"]
+    assert children(driver, "panel-surprisal-1") == ["Figure"]
+    screenshot(driver, None, SCREENSHOTS / "04-compare-surprisal.png")
+
+    # the same link on a dashboard whose only plugin is attention: no surprisal panel, a note why
+    open_page(driver, f"{dash.url}/attention?{query}")
+    wait(driver, done, message="the analysis without the template plugin did not finish")
+    assert "surprisal" not in prop(driver, "methods", "labels")
+    assert find(driver, ".lmlens-section-attention") is not None
+    assert find(driver, ".lmlens-section-surprisal") is None
+    assert "not installed here: surprisal" in prop(driver, "error-methods", "text")
+
+
+def test_api_mode_draws_and_shows_the_services_error(driver: Any, dash: Any, reference: Analyzer) -> None:
+    open_page(driver, dash.url + "/api")
+    type_text(driver, ".lmlens-text", TEXT)
+    click(driver, ".lmlens-analyse")
+    wait(driver, done, message="the analysis through the API did not finish")
+    shown = wait(driver, lambda d: image(d, "panel-attention-0", values=True))
+    n = shown["shape"][0]
+    np.testing.assert_allclose(np.asarray(shown["values"]).reshape(n, n), head_pattern(reference, TEXT, 0, 0),
+                               atol=1e-6)
+
+    type_text(driver, ".lmlens-text", " ".join(["word"] * 60))  # the service allows 64 tokens
+    click(driver, ".lmlens-analyse")
+    wait(driver, lambda d: prop(d, "error-text", "visible"), message="no error next to the text")
+    message = prop(driver, "error-text", "text")
+    assert "text_too_long" in message and "limit" in message and "Traceback" not in message
+    screenshot(driver, None, SCREENSHOTS / "05-api-error.png")
+
+
+def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_host: Any, request: Any) -> None:
+    import lmlens_http.testing
+    from lmlens_dashboard.backend import ApiBackend
+    from lmlens_dashboard.server import running
+    from lmlens_http import create_app
+    from lmlens_http.testing import running as running_api
+    from lmlens_http.testing import tiny_config
+
+    service = running_api(create_app(tiny_config(), host=full_host))
+    port = service.__enter__().port
+    client = ApiBackend(f"http://127.0.0.1:{port}", host=full_host)
+    request.addfinalizer(client.close)
+    with running({"/": client}) as page:
+        open_page(driver, page.url + "/")
+        service.__exit__(None, None, None)  # the service goes away under the open page
+        type_text(driver, ".lmlens-text", TEXT)
+        click(driver, ".lmlens-analyse")
+        wait(driver, lambda d: prop(d, "retry", "visible"), message="no retry after the API went away")
+        assert "connection to the API is lost" in prop(driver, "error-general", "text")
+        screenshot(driver, None, SCREENSHOTS / "06-connection-lost.png")
+
+        monkeypatch.setattr(lmlens_http.testing, "free_port", lambda: port)  # the service comes back
+        with running_api(create_app(tiny_config(), host=full_host)):
+            click(driver, ".lmlens-retry")
+            wait(driver, done, message="retry did not analyse")
+            assert not prop(driver, "retry", "visible")
+            assert image(driver, "panel-attention-0") is not None
