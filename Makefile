@@ -45,8 +45,11 @@ bench: setup
 	$(BIN)/python benchmarks/bench_streaming.py
 	$(BIN)/python plugins/attention/bench/bench_attention.py
 	$(BIN)/python plugins/importance/bench/bench_ig.py
+	$(BIN)/python benchmarks/bench_perf.py
+	$(BIN)/python benchmarks/bench_cold_start.py
 	$(BIN)/python plugins/patching/bench/bench_patching.py
 	$(BIN)/python plugins/sae/bench/bench_sae.py
+	$(BIN)/python plugins/anomaly/bench/bench_anomaly.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
 	$(BIN)/python plugins/failure/bench/bench_failure.py

@@ -30,7 +30,7 @@ BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
 SUBSTITUTE = {"minilm-l6": "tiny-bert", "smollm2-135m": "tiny-llama"}
 # lmlens subcommands that need a running service, Redis or workers: parsed here, run elsewhere
-SERVICES = {"serve", "worker", "jobs"}
+SERVICES = {"serve", "worker", "jobs", "dashboard"}  # long-running: their own tests start them
 
 
 def commands() -> list[list[str]]:

@@ -242,7 +242,7 @@ def test_cli_lists_and_deletes_artifacts(tmp_path: Path, tiny_models, monkeypatc
     monkeypatch.setenv("LMLENS_CACHE_DIR", str(tmp_path))
     ArtifactStore(tmp_path / "artifacts").save(make(tiny_models["gpt2"], name="cli-probe"))
     runner = CliRunner()
-    listed = runner.invoke(cli, ["artifacts", "--json"], obj={})
+    listed = runner.invoke(cli, ["artifacts", "--kind", "probe", "--json"], obj={})  # plugins ship others
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert [(r["kind"], r["name"], r["metrics"]) for r in rows] == [("probe", "cli-probe", {"auroc": 0.9})]
@@ -252,3 +252,30 @@ def test_cli_lists_and_deletes_artifacts(tmp_path: Path, tiny_models, monkeypatc
     assert gone.exit_code == 0 and "deleted" in gone.output
     again = runner.invoke(cli, ["artifacts", "delete", "probe", "cli-probe"], obj={})
     assert again.exit_code == 2 and "artifact_not_found" in again.output
+
+
+def test_a_default_artifact_may_depend_on_the_model(tiny_models, tmp_path: Path) -> None:
+    class PerModel:
+        @hookimpl
+        def register_methods(self, register) -> None:
+            register(
+                Method(
+                    name="probe_sum", description="", params=ProbeParams, result=ProbeResult,
+                    needs=lambda info, params: [],
+                    run=lambda trace, params: ProbeResult(
+                        total=float(trace.artifact("probe", f"{trace.model.name}-default").tensors["w"].sum())
+                    ),
+                    artifacts=lambda params, loaded: [("probe", f"{loaded.name}-default")],
+                )
+            )
+
+    host = PluginHost(load=[])
+    host.register(PerModel(), "per-model")
+    analyzer = Analyzer(tiny_models["gpt2"], settings=Settings(cache_dir=str(tmp_path)), plugins=host,
+                        cache=MemoryCache())
+    with pytest.raises(ArtifactNotFoundError, match="tiny-gpt2-default"):
+        analyzer.analyze("hello", ["probe_sum"])
+    analyzer.save_artifact(make(tiny_models["gpt2"], name="tiny-gpt2-default"))
+    assert analyzer.analyze("hello", ["probe_sum"]).methods["probe_sum"].total == 66.0
+    analyzer.save_artifact(make(tiny_models["gpt2"], name="tiny-gpt2-default", scale=2.0))
+    assert analyzer.analyze("hello", ["probe_sum"]).methods["probe_sum"].total == 132.0  # not a stale hit

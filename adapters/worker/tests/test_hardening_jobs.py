@@ -123,7 +123,7 @@ def test_hostile_job_bodies_get_no_5xx(server, redis_server) -> None:
     [
         ({"texts": ["a", "b", "c", " "]}, 400, "empty_text", "params.texts[3]"),
         ({"texts": ["a", "x" * 5000]}, 413, "text_too_long", "params.texts[1]"),
-        ({"texts": ["a"], "methods": ["attention", "sae"]}, 400, "unknown_method", "params.methods"),
+        ({"texts": ["a"], "methods": ["attention", "no_such_method"]}, 400, "unknown_method", "params.methods"),
         ({"texts": ["a"], "params": {"attention": {"layers": [99]}}}, 422, "invalid_params",
          "params.params.attention.layers"),
         ({"texts": ["a"], "params": {"attention": {"top_k": "many"}}}, 422, "invalid_params",

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from lmlens import Analyzer, InvalidParamsError
+from lmlens import Analyzer, InvalidParamsError, QueueUnavailableError
 from lmlens_worker.queue import JobFailedError, RedisJobQueue, UnknownJobError
 from lmlens_worker.settings import WorkerSettings
 
@@ -107,10 +107,9 @@ def test_cancel_stops_a_running_job(queue, redis_server, test_plugins, start_wor
 
 def test_no_queue_without_redis_url(monkeypatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    from lmlens.jobs import QueueUnavailableError
-
-    with pytest.raises(QueueUnavailableError, match="REDIS_URL"):  # missing configuration, not bad params
+    with pytest.raises(QueueUnavailableError, match="REDIS_URL") as exc:  # missing configuration
         Analyzer().submit("analyze_batch", {"texts": ["a"]})
+    assert exc.value.code == "queue_unavailable"
 
 
 def test_cli_submit_status_result(queue, redis_server, test_plugins, start_worker) -> None:

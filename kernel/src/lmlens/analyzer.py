@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,18 @@ from lmlens.streaming import DocumentStream, collect_document
 from lmlens.wire import AnalysisResult, Result, Token
 
 __all__ = ["Analyzer", "Progress"]
+
+def _named_artifacts(method: Method, params: Any, loaded: LoadedModel) -> Sequence[tuple[str, str]]:
+    """``Method.artifacts(params)``, or ``artifacts(params, loaded)`` when a default depends on the model."""
+    assert method.artifacts is not None
+    try:
+        takes_model = len(inspect.signature(method.artifacts).parameters) >= 2
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        takes_model = False
+    if takes_model:
+        return method.artifacts(params, loaded)  # type: ignore[call-arg]
+    return method.artifacts(params)
+
 
 # Seed verbs and the plugin that brings each, for a helpful AttributeError.
 _VERB_PLUGINS = {
@@ -425,7 +438,7 @@ class Analyzer:
             if method.artifacts is None:
                 continue
             found = []
-            for kind, name in method.artifacts(params[method.name]):
+            for kind, name in _named_artifacts(method, params[method.name], loaded):
                 info = self.artifact_store.info(kind, name)
                 check_model(info, loaded)
                 found.append(info.content_hash)

@@ -89,8 +89,10 @@ class Method:
     # plan(info, params) -> Plan, called once per request instead of needs() when given
     plan: Callable[[ModelInfo, Any], Plan] | None = None
     # artifacts(params) -> [(kind, name)]: the fitted artifacts these params use; checked
-    # against the model before any work, and their content hashes enter the cache key
-    artifacts: Callable[[Any], Sequence[tuple[str, str]]] | None = None
+    # against the model before any work, and their content hashes enter the cache key.
+    # artifacts(params, loaded) is called instead when it takes two arguments (a default
+    # that depends on the model).
+    artifacts: Callable[..., Sequence[tuple[str, str]]] | None = None
 
     def make_plan(self, info: ModelInfo, params: Any) -> Plan:
         if self.plan is not None:

@@ -132,3 +132,79 @@ def test_automatic_batch_size_fits_the_text(tiny_analyzer) -> None:
     assert (auto_batch_size(15), auto_batch_size(512), auto_batch_size(5000)) == (64, 4, 1)
     hi = tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
     assert hi.n_passes == 2  # 16 ablations of a short text: one pass beside the clean one
+
+
+@pytest.fixture(scope="module")
+def float64_models() -> dict[str, LoadedModel]:
+    """Tiny models in float64 throughout, so central differences can be tight. transformers'
+    LlamaRMSNorm computes in float32 whatever the model dtype: torch's RMSNorm (same formula)
+    stands in for it."""
+    from lmlens.testing import load_tiny
+
+    models = {}
+    for family in ("gpt2", "llama"):
+        loaded = load_tiny(family)
+        loaded.model.double()
+        for name, module in list(loaded.model.named_modules()):
+            if type(module).__name__ == "LlamaRMSNorm":
+                norm = nn.RMSNorm(module.weight.shape[0], eps=module.variance_epsilon, dtype=torch.float64)
+                with torch.no_grad():
+                    norm.weight.copy_(module.weight)
+                norm.weight.requires_grad_(False)
+                parent, _, child = name.rpartition(".")
+                setattr(loaded.model.get_submodule(parent) if parent else loaded.model, child, norm)
+        models[family] = loaded
+    return models
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_attribution_is_the_derivative_of_a_partial_ablation(float64_models, family: str) -> None:
+    """mode "attribution" against central finite differences of the exact path: replacing a
+    head's output h by h + eps * (h' - h) changes the loss by eps * estimate + O(eps^2)."""
+    from lmlens import Need, Patch, run_forward
+    from lmlens_attention.importance import head_attribution, next_token_loss
+
+    loaded = float64_models[family]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    layers = [0, 1]
+    est = head_attribution(loaded, ids, layers, ["zero", "mean"])
+    assert est.metric == "next_token_loss" and est.n_passes == 1
+    heads_out = run_forward(
+        loaded, [Need(f"blocks.{layer}.attn.heads", name=str(layer)) for layer in layers], input_ids=ids
+    )
+    clean = float(next_token_loss(run_forward(loaded, [Need("logits")], input_ids=ids)["logits"], ids)[0])
+    assert est.clean == pytest.approx(clean, rel=1e-10)
+
+    def loss_with(layer: int, head: int, kind: str, eps: float) -> float:
+        h = heads_out[str(layer)][0, :, head]  # [pos, d_head]
+        target = torch.zeros_like(h) if kind == "zero" else h.mean(0, keepdim=True).expand_as(h)
+
+        def partial(x: torch.Tensor, context: object) -> torch.Tensor:
+            x = x.clone()
+            x[0, :, head] = h + eps * (target - h)
+            return x
+
+        logits = run_forward(
+            loaded, [Need("logits")], input_ids=ids, patches=[Patch(f"blocks.{layer}.attn.heads", partial)]
+        )["logits"]
+        logp = logits[0, :-1].double().log_softmax(-1)  # float64: next_token_loss rounds to float32
+        return float(-logp.gather(-1, ids[0, 1:, None]).mean())
+
+    eps = 1e-5
+    for kind in ("zero", "mean"):
+        for layer in layers:
+            for head in range(loaded.info.n_heads):
+                slope = (loss_with(layer, head, kind, eps) - loss_with(layer, head, kind, -eps)) / (2 * eps)
+                assert est.effects[kind][layer, head] == pytest.approx(slope, rel=1e-4, abs=1e-7)
+    assert np.abs(est.effects["zero"]).max() > 1e-4  # the estimates are not all zero
+
+
+def test_attribution_mode_through_analyze(tiny_analyzer) -> None:
+    params = {"head_importance": {"mode": "attribution"}}
+    hi = tiny_analyzer("llama").analyze(TEXT, methods=["head_importance"], params=params).methods["head_importance"]
+    assert hi.mode == "attribution" and hi.n_passes == 1 and hi.zero.shape == hi.mean.shape == (2, 4)
+    exact = tiny_analyzer("llama").analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
+    assert exact.mode == "exact" and hi.clean == pytest.approx(exact.clean, abs=1e-5)
+    with pytest.raises(InvalidParamsError) as info:
+        tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params)
+    assert info.value.field == "params.head_importance.mode"

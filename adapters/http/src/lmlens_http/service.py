@@ -165,7 +165,9 @@ class Service:
                     field="params.model",
                 )
             return params
-        methods = list(typed.methods) if typed.methods is not None else self.analyzer.default_methods()
+        if "methods" in params and not typed.methods:
+            raise InvalidRequestError("ask for at least one method", field="params.methods")
+        methods = list(typed.methods) or self.analyzer.default_methods()
         method_params = {name: dict(value) for name, value in typed.params.items()}
         for name, overrides in HTTP_DEFAULTS.items():
             if name in methods:

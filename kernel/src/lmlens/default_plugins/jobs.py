@@ -14,7 +14,7 @@ from lmlens.jobs import Job, JobContext
 
 class AnalyzeBatchParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     texts: list[str]
-    methods: list[str] | None = None  # None: the installed plugins' default methods
+    methods: list[str] = []  # empty: the installed plugins' default methods
     params: dict[str, dict[str, Any]] = {}
     model: str | None = None
 
@@ -26,7 +26,8 @@ def analyze_batch(params: AnalyzeBatchParams, context: JobContext) -> list[Any]:
     for index, text in enumerate(params.texts):
         if index in done:
             continue
-        result = context.analyzer.analyze(text, methods=params.methods, params=params.params, model=params.model)
+        methods = params.methods or None
+        result = context.analyzer.analyze(text, methods=methods, params=params.params, model=params.model)
         encoded = wire.to_msgpack(result)
         context.item_done(index, encoded)
         done[index] = encoded

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lmlens import InvalidParamsError, Method, ModelInfo, Need, Result, Trace
+from lmlens import InvalidParamsError, Method, ModelInfo, Need, Plan, Result, Trace
 from lmlens.wire import Float32Array
 from lmlens_attention import classification, flow, importance, rollout, scores
 from lmlens_attention.probes import PROBE_CACHE
@@ -98,7 +99,16 @@ class PatternBuffer:
         return self
 
 
-def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What ``_attention_plan`` decided once per request, handed to ``_attention_run``."""
+
+    layers: list[int]
+    heads: list[int]
+    buffer: PatternBuffer | None  # filled by the pass when patterns are kept
+
+
+def _attention_plan(info: ModelInfo, params: AttentionParams) -> Plan:
     layers = pick(params.layers, info.n_layers, "layer", "attention")
     heads = pick(params.heads, info.n_heads, "head", "attention")
     check_range(params.top_k, 0, 64, "top_k", "attention")
@@ -107,30 +117,33 @@ def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]
     needs = []
     for slot, layer in enumerate(layers):
         point = f"blocks.{layer}.attn.pattern"
-        needs.append(Need(point, reducer, name=f"attention.summary.{layer}"))
+        needs.append(Need(point, reducer, name=f"summary.{layer}"))
         if params.patterns:
             keep = on_one_thread(partial(buffer.keep, slot=slot))
-            needs.append(Need(point, keep, name=f"attention.patterns.{layer}", keeps=len(heads) / info.n_heads))
-    return needs
+            needs.append(Need(point, keep, name=f"patterns.{layer}", keeps=len(heads) / info.n_heads))
+    return Plan(needs=needs, state=AttentionPlan(layers, heads, buffer if params.patterns else None))
+
+
+def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
+    return _attention_plan(info, params).needs
 
 
 def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
     info = trace.model.info
-    layers = pick(params.layers, info.n_layers, "layer", "attention")
-    heads = pick(params.heads, info.n_heads, "head", "attention")
+    plan: AttentionPlan = trace.state
+    layers, heads = plan.layers, plan.heads
     all_heads = heads == list(range(info.n_heads))
     index = torch.tensor(heads)
-    summaries = [trace[f"attention.summary.{layer}"] for layer in layers]
+    summaries = [trace[f"summary.{layer}"] for layer in layers]
 
     def gather(name: str) -> torch.Tensor:  # [layer, head, ...]
         stacked = torch.stack([s[name][0] for s in summaries])
         return stacked if all_heads else stacked.index_select(1, index)
 
     patterns = None
-    if params.patterns:
-        kept: PatternBuffer = trace[f"attention.patterns.{layers[0]}"]
-        assert kept.buffer is not None, "every kept layer wrote its slot"
-        patterns = kept.buffer.numpy()
+    if plan.buffer is not None:
+        assert plan.buffer.buffer is not None, "every kept layer wrote its slot"
+        patterns = plan.buffer.buffer.numpy()
     return AttentionResult(
         layers=layers,
         heads=heads,
@@ -150,6 +163,7 @@ ATTENTION = Method(
     params=AttentionParams,
     result=AttentionResult,
     needs=_attention_needs,
+    plan=_attention_plan,
     run=_attention_run,
     version=__version__,
     tags=("default",),
@@ -253,6 +267,9 @@ class HeadImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     ablations: list[Literal["zero", "mean"]] = msgspec.field(default_factory=lambda: ["zero", "mean"])
     layers: list[int] | None = None  # None: every layer
     batch_size: int = 0  # ablated copies of the text per forward pass; 0: about 2048 tokens per pass
+    # exact: one ablated copy of the text per (kind, layer, head); attribution: a first-order
+    # estimate from one forward and one backward pass (attribution patching), causal LMs only
+    mode: Literal["exact", "attribution"] = "exact"
 
 
 class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importance"):
@@ -262,7 +279,8 @@ class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importan
     clean: float  # the metric without ablation (0 for final_state_change)
     zero: Float32Array | None  # [layer, head]: metric with the head zeroed, minus clean
     mean: Float32Array | None  # [layer, head]: metric with the head's output replaced by its mean
-    n_passes: int  # forward passes used, the clean one included
+    n_passes: int  # forward passes used, the clean one included (attribution: 1, with its backward)
+    mode: str = "exact"  # "attribution": zero and mean are first-order estimates
 
 
 def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence[Need]:
@@ -270,6 +288,12 @@ def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence
     check_range(params.batch_size, 0, 512, "batch_size", "head_importance")
     if not params.ablations:
         raise InvalidParamsError("ask for at least one ablation", field="params.head_importance.ablations")
+    if params.mode == "attribution" and not (info.causal and info.has_lm_head):
+        raise InvalidParamsError(
+            'mode "attribution" estimates the change of the next-token loss and needs a causal language '
+            'model; use mode "exact" for this model',
+            field="params.head_importance.mode",
+        )
     return []  # the ablation passes are the method's own
 
 
@@ -277,7 +301,10 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
     info = trace.model.info
     layers = pick(params.layers, info.n_layers, "layer", "head_importance")
     kinds = list(dict.fromkeys(params.ablations))
-    found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
+    if params.mode == "attribution":
+        found = importance.head_attribution(trace.model, trace.input_ids, layers, kinds)
+    else:
+        found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
     return HeadImportanceResult(
         layers=layers,
         heads=list(range(info.n_heads)),
@@ -286,13 +313,14 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
         zero=found.effects.get("zero"),
         mean=found.effects.get("mean"),
         n_passes=found.n_passes,
+        mode=params.mode,
     )
 
 
 HEAD_IMPORTANCE = Method(
     name="head_importance",
     description="effect of each head on the loss over the text, by zero and mean ablation "
-    "in batched passes",
+    "in batched passes, or estimated from one forward and one backward pass (mode attribution)",
     params=HeadImportanceParams,
     result=HeadImportanceResult,
     needs=_importance_needs,

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lmlens import InvalidParamsError, Method, Need, Plan, Result, Trace, run_forward
+from lmlens import InvalidParamsError, LoadedModel, Method, Need, Plan, Result, Trace, run_forward
 from lmlens.wire import Float32Array
 from lmlens_sae import __version__
 from lmlens_sae.activations import flat, make_windows, stream_activations
@@ -128,10 +128,10 @@ def _sae_name(params: Any, trace: Trace) -> str:
     return params.sae or default_sae(trace.model.name)
 
 
-def _artifacts(params: Any) -> list[tuple[str, str]]:
-    # a named SAE is checked by the kernel before any work (and its hash keys the cache); the
-    # default depends on the model, which params do not know: it is resolved (and checked) in run
-    return [(KIND, params.sae)] if params.sae else []
+def _artifacts(params: Any, loaded: LoadedModel) -> list[tuple[str, str]]:
+    # the named SAE, or this model's shipped default: checked by the kernel before any work,
+    # and its content hash keys the result cache
+    return [(KIND, params.sae or default_sae(loaded.name))]
 
 
 _records: OrderedDict[str, SAERecord] = OrderedDict()
