@@ -134,6 +134,7 @@ def test_hostile_corpus_gets_no_5xx(make_server, plain_host, route) -> None:
 
 
 def test_hostile_websocket_frames_get_error_frames_not_internal_errors(server) -> None:
+    completed = 0
     with connect(server.ws_url, max_size=None) as ws:
         for name, frame in ws_frames():
             ws.send(frame)
@@ -145,6 +146,8 @@ def test_hostile_websocket_frames_get_error_frames_not_internal_errors(server) -
             if message["type"] == "error":
                 assert message["data"]["code"] != "internal_error", (name, message)
                 assert message["data"]["message"], name
+            completed += message["type"] == "complete"
+        assert completed >= 3  # the valid ones among them were analysed
         ws.send(json.dumps({"type": "analyze", "text": "still usable"}))
         while (message := json.loads(ws.recv(timeout=60)))["type"] == "progress":
             pass
@@ -374,3 +377,22 @@ def test_retry_after_covers_the_work_ahead(make_server, gate_host, gate) -> None
     # two jobs ahead (running + queued), each about 2 s or more, one worker: at least 4 s
     assert 4 <= int(refused.headers["retry-after"]) <= 120
     assert results == {"a": 200, "b": 200}
+
+
+# --- item 3: long importance params are a 413 before the extra passes, not torch internals -------
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"target": "continuation", "continuation": "word " * 600}, "params.importance.continuation"),
+    ({"target": "similarity", "other_text": "word " * 600}, "params.importance.other_text"),
+])
+def test_long_importance_params_are_413_not_500(make_server, params, field) -> None:
+    host = PluginHost(load=["attention", "importance", "http"])
+    srv = make_server(host, models=["tiny-gpt2", "tiny-bert"])
+    model = "tiny-bert" if params["target"] == "similarity" else "tiny-gpt2"
+    with srv.client() as client:
+        answer = client.post("/analyze", json={"text": "a short text", "model": model, "methods": ["importance"],
+                                               "params": {"importance": params}})
+    error = answer.json()
+    assert (answer.status_code, error["code"], error["field"]) == (413, "text_too_long", field), answer.text
+    assert "index out of range" not in error["message"] and "expanded size" not in error["message"]

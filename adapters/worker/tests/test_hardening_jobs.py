@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -95,6 +96,26 @@ def test_job_bodies_are_bounded_typed_and_shaped_like_analyze(server, redis_serv
     assert (bad_utf8.status_code, bad_utf8.json()["code"]) == (400, "malformed_body")
     assert (deep.status_code, deep.json()["code"]) == (400, "malformed_body")
     assert job_keys(redis_server) == []
+
+
+def test_hostile_job_bodies_get_no_5xx(server, redis_server) -> None:
+    import http.client
+
+    from lmlens_http.hostile import bodies, wrong_content_types
+
+    cases = [*bodies("texts", wrap_job=True), *wrong_content_types(json.dumps(analyze_batch(["a"])).encode())]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    accepted = 0
+    for name, content_type, body in cases:
+        conn.request("POST", "/jobs", body=body, headers={"Content-Type": content_type} if content_type else {})
+        response = conn.getresponse()
+        payload = response.read()
+        assert response.status < 500, (name, payload[:300])
+        accepted += response.status == 202
+        if response.status >= 400:
+            assert json.loads(payload)["code"], name
+    conn.close()
+    assert accepted >= 2 and len(job_keys(redis_server)) == accepted  # only the accepted ones queued
 
 
 @pytest.mark.parametrize(
@@ -260,3 +281,36 @@ def test_openapi_documents_what_the_job_routes_answer(server) -> None:
     assert {"200", "404", "503"} <= set(job["get"]["responses"]) and "404" in job["delete"]["responses"]
     assert job["get"]["parameters"][0]["schema"]["pattern"] == "^[0-9a-f]{32}$"
     assert msgspec.json.decode(msgspec.json.encode(paths))  # a valid JSON document
+
+
+# --- item 16: deployment defaults -----------------------------------------------------------------------
+
+
+def test_compose_keeps_redis_internal_and_workers_on_the_aliases() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[3] / "compose.yaml").read_text())
+    services = compose["services"]
+    assert "ports" not in services["redis"]  # on the compose network only
+    assert all(str(p).startswith("127.0.0.1:") for p in services["api"]["ports"])
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["LMLENS_MODELS"]
+
+
+def test_a_worker_without_an_allowlist_loads_aliases_only(monkeypatch, tmp_path) -> None:
+    from lmlens import Analyzer
+    from lmlens.errors import UnknownModelError
+    from lmlens.plugins import PluginHost
+    from lmlens_worker.settings import analyzer_settings
+
+    monkeypatch.delenv("LMLENS_MODELS", raising=False)
+    monkeypatch.delenv("LMLENS_ALLOW_ANY_MODEL", raising=False)
+    (tmp_path / "config.json").write_text("{}")  # what a job placed in Redis made a worker read
+    host = PluginHost()
+    analyzer = Analyzer(plugins=host, settings=analyzer_settings(list(host.aliases)))
+    for spec in (str(tmp_path), "openai-community/gpt2"):
+        with pytest.raises(UnknownModelError):
+            analyzer.load_model(spec)
+    assert set(analyzer.settings.allowed_models) >= set(host.aliases)
+    monkeypatch.setenv("LMLENS_ALLOW_ANY_MODEL", "1")
+    assert analyzer_settings(list(host.aliases)).allowed_models is None  # an explicit opt-in

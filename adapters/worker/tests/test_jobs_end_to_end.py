@@ -107,7 +107,7 @@ def test_cancel_stops_a_running_job(queue, redis_server, test_plugins, start_wor
 
 def test_no_queue_without_redis_url(monkeypatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    with pytest.raises(QueueUnavailableError, match="REDIS_URL") as exc:
+    with pytest.raises(QueueUnavailableError, match="REDIS_URL") as exc:  # missing configuration
         Analyzer().submit("analyze_batch", {"texts": ["a"]})
     assert exc.value.code == "queue_unavailable"
 

@@ -115,7 +115,7 @@ def create_app(config: ServiceConfig | None = None, *, host: PluginHost | None =
                     lifespan=lifespan)
     app.add_middleware(RateLimitMiddleware)  # innermost: counts requests that got past the guard
     app.add_middleware(GuardMiddleware, config=config)  # request id, origin, API key, last-resort 500
-    app.add_middleware(GZipMiddleware, minimum_size=1024)  # on Accept-Encoding: gzip
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)  # on Accept-Encoding: gzip
     if config.allowed_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST", "DELETE"],

@@ -115,16 +115,31 @@ def wrong_content_types(body: bytes) -> Iterator[tuple[str, str | None, bytes]]:
     yield "xml", "application/xml", body
 
 
+def _as_analyze(body: bytes, msgpack: bool) -> bytes:
+    """The same hostile bytes with ``"type": "analyze"`` added to the top-level object."""
+    if msgpack:
+        if body[:1] and 0x80 <= body[0] < 0x8F:  # a fixmap: one more entry, first
+            return bytes([body[0] + 1]) + b"\xa4type\xa7analyze" + body[1:]
+        return body
+    stripped = body.lstrip()
+    if stripped.startswith(b"{"):
+        rest = stripped[1:].lstrip()
+        comma = b"" if rest.startswith(b"}") else b","
+        return b'{"type":"analyze"' + comma + stripped[1:]
+    return body
+
+
 def ws_frames() -> Iterator[tuple[str, str | bytes]]:
     """Text frames (str) are JSON, binary frames (bytes) MessagePack."""
     for name, content_type, body in bodies():
         if content_type == MSGPACK:
-            yield name, body
+            yield name, _as_analyze(body, True)
         else:
+            framed = _as_analyze(body, False)
             try:
-                yield name, body.decode("utf-8")
+                yield name, framed.decode("utf-8")
             except UnicodeDecodeError:
-                yield name + " (as binary)", body
+                yield name + " (as binary)", framed
     yield "type unknown", '{"type": "subscribe"}'
     yield "type number", '{"type": 5}'
     yield "no type", '{"text": "a"}'

@@ -219,7 +219,9 @@ def job_request_schema(service: Any, components: dict[str, Any], text_rule: dict
                 "properties": {
                     "texts": {"type": "array", "items": text_rule, "minItems": 1,
                               "maxItems": service.config.max_job_texts},
-                    "methods": methods_rule,
+                    "methods": {"anyOf": [{k: v for k, v in methods_rule.items() if k != "default"},
+                                          {"type": "null"}],
+                                "description": "absent or null: the installed plugins' default methods"},
                     "params": {"$ref": "#/components/schemas/MethodParams"},
                     "model": model_rule,
                 },

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -62,8 +64,8 @@ class AnalysisPool:
         self._admitted = 0
         self._running = 0
         self._lock = threading.Lock()
-        self._mean_s = 1.0  # recent mean of job durations (exponential), for Retry-After
-        self._samples = 0
+        self._mean_s = 1.0  # typical recent job duration, for Retry-After (1 s until one is measured)
+        self._durations: collections.deque[float] = collections.deque(maxlen=16)
         self._rejected = self._timed_out = self._shared = 0
 
     def stats(self) -> PoolStats:
@@ -80,7 +82,7 @@ class AnalysisPool:
 
     def retry_after(self) -> int:
         """Seconds until the work already admitted has drained: the jobs queued or running,
-        times the recent mean service time, over the workers. (The time until one slot
+        times the median of the recent service times, over the workers. (The time until one slot
         frees is much shorter, but a client admitted then would wait behind the queue.)"""
         ahead = max(1, self._admitted)
         return max(1, min(600, math.ceil(self._mean_s * ahead / self.workers)))
@@ -154,8 +156,9 @@ class AnalysisPool:
                 with self._lock:
                     self._running -= 1
                     if measured and not job.token.cancelled:  # cancelled work ran short: no sample
-                        self._mean_s = elapsed if self._samples == 0 else 0.7 * self._mean_s + 0.3 * elapsed
-                        self._samples += 1
+                        self._durations.append(elapsed)
+                        # the median of the recent ones: one slow first call does not skew it
+                        self._mean_s = statistics.median(self._durations)
 
         self._admitted += 1
         job.future = asyncio.wrap_future(self._executor.submit(runner), loop=loop)

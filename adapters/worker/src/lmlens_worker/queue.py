@@ -18,6 +18,7 @@ from redis.retry import Retry
 from lmlens import wire
 from lmlens.errors import InvalidParamsError, LmlensError
 from lmlens.jobs import JobCancelled
+from lmlens.jobs import QueueUnavailableError as KernelQueueUnavailableError
 from lmlens.plugins import PluginHost
 from lmlens_worker.broker import ACTOR_NAME, make_broker
 from lmlens_worker.settings import WorkerSettings
@@ -36,11 +37,9 @@ class UnknownJobError(LmlensError):
     http_status = 404
 
 
-class QueueUnavailableError(LmlensError):
-    """Redis, which holds the queue and the job records, cannot be reached (or is not configured)."""
-
-    code = "queue_unavailable"
-    http_status = 503
+class QueueUnavailableError(KernelQueueUnavailableError):
+    """Redis, which holds the queue and the job records, cannot be reached (or is not
+    configured); ``retry_after`` becomes the HTTP ``Retry-After``."""
 
     def __init__(self, message: str, *, retry_after: int = 5, field: str | None = None) -> None:
         super().__init__(message, field=field)
