@@ -279,3 +279,16 @@ def test_a_default_artifact_may_depend_on_the_model(tiny_models, tmp_path: Path)
     assert analyzer.analyze("hello", ["probe_sum"]).methods["probe_sum"].total == 66.0
     analyzer.save_artifact(make(tiny_models["gpt2"], name="tiny-gpt2-default", scale=2.0))
     assert analyzer.analyze("hello", ["probe_sum"]).methods["probe_sum"].total == 132.0  # not a stale hit
+
+
+def test_a_writer_killed_between_its_renames_loses_nothing(tmp_path: Path, tiny_models) -> None:
+    store = ArtifactStore(tmp_path)
+    store.checkpoint(make(tiny_models["gpt2"], name="training"))
+    store.save(make(tiny_models["gpt2"], name="kept"))
+    # what a writer leaves when killed after moving the old version aside, before moving the new one in
+    for target in (tmp_path / ".checkpoints" / "probe" / "training", tmp_path / "probe" / "kept"):
+        os.rename(target, target.parent / f".old-{target.name}-123-abcd")
+    back = store.load_checkpoint("probe", "training")
+    assert back is not None and back.tensors["w"].sum() == 66.0
+    assert store.load("probe", "kept").tensors["w"].sum() == 66.0
+    assert [i.name for i in store.list()] == ["kept"]

@@ -15,6 +15,7 @@ sees the same artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -246,11 +248,17 @@ class ArtifactStore:
     # --- writing -------------------------------------------------------------------------
 
     def _write_atomically(self, artifact: Artifact, target: Path) -> ArtifactInfo:
+        """Stage the new version, move the old one aside, move the new one in, drop the old.
+
+        A process killed between the two renames leaves only ``.old-<name>-*``: the next
+        read of ``target`` renames the newest of those back (``_recover``), so a replaced
+        artifact or checkpoint is never lost, only the unfinished new version.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             info = write_artifact(artifact, staging / "a")
-            old = target.parent / f".old-{uuid.uuid4().hex}"
+            old = target.parent / f".old-{target.name}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
             if target.exists():
                 os.rename(target, old)
             os.rename(staging / "a", target)
@@ -258,6 +266,19 @@ class ArtifactStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return msgspec.structs.replace(info, path=str(target))
+
+    @staticmethod
+    def _recover(target: Path) -> None:
+        """Bring back the newest version a writer moved aside and died before replacing."""
+        if (target / META).exists() or not target.parent.is_dir():
+            return
+        aside = sorted(
+            (p for p in target.parent.glob(f".old-{target.name}-*") if (p / META).exists()),
+            key=lambda p: int(p.name.split("-")[-2]),
+        )
+        if aside:
+            with contextlib.suppress(OSError):  # another process recovered it first
+                os.rename(aside[-1], target)
 
     def save(self, artifact: Artifact) -> ArtifactInfo:
         """Write atomically; an artifact of the same kind and name is replaced."""
@@ -271,6 +292,7 @@ class ArtifactStore:
 
     def load_checkpoint(self, kind: str, name: str) -> Artifact | None:
         directory = self._checkpoint_dir(kind, name)
+        self._recover(directory)
         return read_artifact(directory) if (directory / META).exists() else None
 
     def drop_checkpoint(self, kind: str, name: str) -> None:
@@ -320,6 +342,7 @@ class ArtifactStore:
 
     def _locate(self, kind: str, name: str) -> tuple[Path, dict[str, Any], bool]:
         directory = self._dir(kind, name)
+        self._recover(directory)
         if (directory / META).exists():
             return directory, read_meta(directory), False
         builtin = self._builtin(kind, name)
