@@ -44,7 +44,8 @@ def test_same_maps_and_logits_as_the_familys_eager(tiny_models: dict[str, Loaded
     try:
         ref_logits, ref_maps = _family_eager(loaded, ids)
         n = loaded.info.n_layers
-        got = run_forward(loaded, [Need("logits"), *(Need(f"blocks.{i}.attn.pattern") for i in range(n))], input_ids=ids)
+        needs = [Need("logits"), *(Need(f"blocks.{i}.attn.pattern") for i in range(n))]
+        got = run_forward(loaded, needs, input_ids=ids)
     finally:
         loaded.model.to(original)
     assert loaded.model.config._attn_implementation == "lmlens_eager"
