@@ -139,10 +139,6 @@ def _attention_plan(info: ModelInfo, params: AttentionParams) -> Plan:
     return Plan(needs=needs, state=AttentionPlan(layers, heads, buffer if params.patterns else None))
 
 
-def _attention_needs(info: ModelInfo, params: AttentionParams) -> Sequence[Need]:
-    return _attention_plan(info, params).needs
-
-
 def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
     info = trace.model.info
     plan: AttentionPlan = trace.state
@@ -177,7 +173,6 @@ ATTENTION = Method(
     "distance; top attended tokens per token",
     params=AttentionParams,
     result=AttentionResult,
-    needs=_attention_needs,
     plan=_attention_plan,
     run=_attention_run,
     version=__version__,
