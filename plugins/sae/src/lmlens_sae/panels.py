@@ -125,5 +125,5 @@ def feature_card(analysis: AnalysisResult, *, save_path: str | None = None, **op
     edges = np.asarray(result.histogram_edges)
     hist = figure(height=220, width=420, title="activation histogram (non-zero)", toolbar_location=None)
     hist.quad(top=result.histogram_counts, bottom=0, left=edges[:-1], right=edges[1:], color="#2980b9")
-    return _finish(row(head, hist, name=CARD_NAME, tags=[int(result.feature)]), save_path,
+    return _finish(row(head, hist, name=CARD_NAME, tags=[int(result.feature)], css_classes=[CARD_NAME]), save_path,
                    f"SAE feature {result.feature}")
