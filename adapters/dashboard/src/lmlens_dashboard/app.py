@@ -448,8 +448,8 @@ class Page:
 
             def picked(_attr: str, _old: Any, new: list[int], source: Any = source, name: str = name) -> None:
                 values = source.data[name]
-                value = values[new[0]] if new and new[0] < len(values) else None
-                self._set_option(section, name, value.item() if hasattr(value, "item") else value)
+                value: Any = values[new[0]] if new and new[0] < len(values) else None
+                self._set_option(section, name, value.item() if hasattr(value, "item") else value)  # numpy -> Python
 
             source.selected.on_change("indices", picked)
 

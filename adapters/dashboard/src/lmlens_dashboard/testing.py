@@ -170,7 +170,8 @@ def tap_glyph(driver: Any, source: str, index: int) -> dict[str, float]:
                                           message=f"no glyph drawn from {source!r}")
     assert point is not None
     actions = ActionBuilder(driver)
-    actions.pointer_action.move_to_location(int(round(point["x"])), int(round(point["y"]))).click()
+    actions.pointer_action.move_to_location(round(point["x"]), round(point["y"]))  # type: ignore[no-untyped-call]
+    actions.pointer_action.click()
     actions.perform()
     return point
 

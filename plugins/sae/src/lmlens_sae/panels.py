@@ -81,7 +81,7 @@ def feature_strip(analysis: AnalysisResult, *, save_path: str | None = None, fea
                  title=f"{result.sae} at {result.point}: strongest features per token", toolbar_location=None,
                  tools="", name="sae-strip-figure")
     fig.rect("x", "y", 1, 1, source=source, fill_color="#c0392b", fill_alpha="alpha", line_color=None,
-             selection_fill_alpha="alpha", selection_line_color="#1a1a1a", selection_line_width=1,
+             selection_fill_alpha="alpha", selection_line_color="#1a1a1a",
              nonselection_fill_alpha="alpha", nonselection_line_color=None)
     fig.add_tools(HoverTool(tooltips=[("token", "@token"), ("feature", "@y"), ("activation", "@value{0.000}")]),
                   TapTool())
