@@ -9,7 +9,19 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import numpy as np
 
 from lmlens import Analyzer
-from lmlens_dashboard.testing import children, choose, click, find, image, inner, prop, screenshot, type_text, wait
+from lmlens_dashboard.testing import (
+    children,
+    choose,
+    click,
+    find,
+    image,
+    inner,
+    prop,
+    screenshot,
+    tap_glyph,
+    type_text,
+    wait,
+)
 
 MODEL = "tiny-gpt2"
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "out" / "screenshots"
@@ -145,3 +157,41 @@ def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_
             wait(driver, done, message="retry did not analyse")
             assert not prop(driver, "retry", "visible")
             assert image(driver, "panel-attention-0") is not None
+
+
+def test_tapping_a_feature_in_the_sae_strip_opens_its_card(driver: Any) -> None:
+    """SAE, failure and anomaly panels; a mouse click on a cell of the strip opens that feature's card."""
+    from lmlens.plugins import PluginHost
+    from lmlens_dashboard.backend import InProcessBackend
+    from lmlens_dashboard.server import running
+
+    host = PluginHost(load=["sae", "failure", "anomaly"])
+    reference = Analyzer(MODEL, plugins=host)
+    backend = InProcessBackend(Analyzer(MODEL, plugins=host), models=[MODEL])
+    backend.warm()
+    overview = reference.analyze(TEXT, ["sae_features", "failure"], {"failure": {"top_k": 32}})
+    feature = overview.methods["sae_features"].top_features[2].feature
+    with running({"/": backend}) as server:
+        query = urlencode({"text": TEXT, "model": MODEL, "methods": "sae_features,failure,anomaly"})
+        open_page(driver, f"{server.url}/?{query}")
+        wait(driver, done, message="the analysis did not finish")
+        assert prop(driver, "sae-card", "tags") is None  # no card before a click
+        gauge = prop(driver, "failure-gauge", "data")
+        assert abs(gauge["value"][0] - overview.methods["failure"].failure_probability) < 1e-9
+        assert prop(driver, "anomaly-gauge", "data")["threshold"][0] > 0
+        screenshot(driver, None, SCREENSHOTS / "07-sae-failure-anomaly.png")
+
+        features = prop(driver, "sae-strip", "data")["feature"]
+        cells = [i for i, f in enumerate(features) if f == feature]
+        tap_glyph(driver, "sae-strip", cells[len(cells) // 2])
+        wait(driver, lambda d: prop(d, "sae-card", "tags") == [feature],
+             message=f"the card of feature {feature} did not open")
+        heading = driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('sae-card').children[0].text;")
+        assert f"feature {feature} " in heading
+        card = wait(driver, lambda d: find(d, ".sae-card"), message="the card is not in the page")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", card)
+        wait(driver, lambda d: "activation histogram" in (card.text or "") or card.size["height"] > 200)
+        picture = screenshot(driver, None, SCREENSHOTS / "08-sae-feature-card.png")
+        assert colours(picture) > 30 and card.size["height"] > 200
+        assert f"feature {feature}" in card.text  # the card's heading as the browser shows it
