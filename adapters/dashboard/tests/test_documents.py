@@ -65,7 +65,7 @@ def expected_windows(analyzer: Analyzer) -> list[list[int]]:
     WINDOW // 2, the last one ending at the document's end (computed here, not by the kernel)."""
     ids = analyzer.load_model("tiny-gpt2").tokenizer(DOCUMENT, add_special_tokens=False)["input_ids"]
     assert len(ids) > 2 * WINDOW, "the document must need several windows"
-    starts = list(range(0, len(ids) - WINDOW, WINDOW // 2)) + [len(ids) - WINDOW]
+    starts = [*range(0, len(ids) - WINDOW, WINDOW // 2), len(ids) - WINDOW]
     starts = sorted(set(starts))
     return [ids[s : s + WINDOW] for s in starts]
 
@@ -103,7 +103,7 @@ def check_windows(page: Page, reference: Analyzer, seen: list[tuple[str, int, li
     counts = [count for _, count, _ in seen]
     grown = [b for a, b in zip([0, *counts], counts, strict=False) if b != a]
     assert grown == list(range(1, n + 1)), counts
-    assert [tags for _, count, tags in seen if count == 1][0] == [1, n]
+    assert next(tags for _, count, tags in seen if count == 1) == [1, n]
     assert seen[-1][0] == "done" and seen[-1][2] == [n, n]
     assert "100%" in documents.bar.text and f"{n} / {n} windows" in documents.bar.text
     # every window is on the page, with the tokens the document's own tokenization gives it

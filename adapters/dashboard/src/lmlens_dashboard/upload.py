@@ -82,7 +82,7 @@ class DocumentJobs:
         backend_settings = getattr(getattr(page.backend, "analyzer", None), "settings", None)
         self.limit_chars = (backend_settings or Settings.from_env()).max_document_chars
         self.file = FileInput(accept=".txt,.md,.text,.log,.csv,.json,text/plain", name="upload",
-                              css_classes=["lmlens-upload"], title="Long document (a UTF-8 text file)")
+                              css_classes=["lmlens-upload"], title="File (UTF-8 text)")
         self.file_note = Div(text="", name="upload-note", styles={"color": "#666", "font-size": "12px"})
         self.error = page._error_div("error-upload")
         self.window_size = Select(title="Window (tokens)", options=[str(w) for w in WINDOW_SIZES],
@@ -166,7 +166,9 @@ class DocumentJobs:
         self.job_id = job_id
         self.status = "following"
         self._bar()
-        page.executor.submit(self._follow, self.stamp, job_id, 0)
+        # from the first tick on, not from here: callbacks that a pool thread adds while the
+        # session is still being made can be lost (seen in Chromium: 2 of 11 windows arrived)
+        page.later(self._follow_on, self.stamp, job_id)
 
     def _reset(self, *, model: str, methods: list[str]) -> None:
         self.stamp += 1
@@ -240,8 +242,11 @@ class DocumentJobs:
         if job_id is None:
             self.page.lost(message, self.start)
         else:  # follow on from the next window
-            self.page.lost(message, lambda: self.page.executor.submit(self._follow, stamp, job_id, len(self.results)))
+            self.page.lost(message, lambda: self._follow_on(stamp, job_id))
         self.start_button.disabled = self.document is None
+
+    def _follow_on(self, stamp: int, job_id: str) -> None:
+        self.page.executor.submit(self._follow, stamp, job_id, len(self.results))
 
     def _update(self, stamp: int, view: JobView) -> None:
         if stamp != self.stamp:

@@ -125,7 +125,7 @@ async def job_items(request: Request) -> Response:
     start = int(raw_start)
     queue = job_queue(request)
     found = await run_in_threadpool(queue.items, job_id, start, ITEMS_PER_ANSWER)
-    items = []
+    items: list[JobItem] = []
     for index in sorted(found):
         if index != start + len(items):
             break  # only a run without gaps, so that ``next`` never skips an item still to come
