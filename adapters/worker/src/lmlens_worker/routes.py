@@ -148,6 +148,6 @@ def register(register_route: Callable[..., None]) -> None:
                    path_schema={"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}})
     register_route("/jobs/{id}/items/{start}", job_items, methods=("GET",), response=JobItems,
                    summary="The items a job has recorded so far (a document's finished windows), from start on",
-                   errors=("400", *JOB_ERRORS),
+                   errors=(*JOB_ERRORS, "422"),
                    path_schema={"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                                 "start": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_INDEX - 1}})
