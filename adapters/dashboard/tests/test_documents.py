@@ -190,23 +190,19 @@ def test_a_failed_job_shows_its_code_and_message(host: PluginHost) -> None:
 
 
 @pytest.fixture
-def queued_api(host: PluginHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiBackend]:
-    pytest.importorskip("lmlens_worker", reason="jobs over the API need lmlens-worker")
-    from lmlens_http import create_app
-    from lmlens_http.testing import running, tiny_config
+def redis_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A redis-server of its own and one ``lmlens worker`` on it; REDIS_URL is set meanwhile."""
+    pytest.importorskip("lmlens_worker", reason="the Redis queue is lmlens-worker's")
     from lmlens_redis.testing import start_redis_server
 
     redis_server = start_redis_server()
-    monkeypatch.setenv("REDIS_URL", redis_server.url)  # the service serves /jobs only with a queue
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
     env = {**os.environ, "REDIS_URL": redis_server.url, "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "worker.log").open("ab")
     worker = subprocess.Popen([sys.executable, "-m", "lmlens", "worker", "--processes", "1", "--threads", "1"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with running(create_app(tiny_config())) as server:
-            client = ApiBackend(server.url, host=host)
-            yield client
-            client.close()
+        yield redis_server.url
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -216,6 +212,29 @@ def queued_api(host: PluginHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             worker.wait()
         log.close()
         redis_server.stop()
+
+
+@pytest.fixture
+def queued_api(host: PluginHost, redis_worker: str) -> Iterator[ApiBackend]:
+    from lmlens_http import create_app
+    from lmlens_http.testing import running, tiny_config
+
+    with running(create_app(tiny_config())) as server:  # REDIS_URL is set: the service serves /jobs
+        client = ApiBackend(server.url, host=host)
+        yield client
+        client.close()
+
+
+def test_in_process_with_redis_url_the_document_goes_to_that_queue(redis_worker: str) -> None:
+    from lmlens_worker.queue import RedisJobQueue
+
+    with_worker = PluginHost(load=["attention", "surprisal", "worker"])
+    queued = InProcessBackend(Analyzer("tiny-gpt2", plugins=with_worker), models=["tiny-gpt2"])
+    assert isinstance(queued.job_queue(), RedisJobQueue)
+    page = page_for(queued)
+    seen = analyse_document(page, ["attention", "surprisal"])
+    check_windows(page, queued.analyzer, seen)
+    assert queued.job_queue().status(page.documents.job_id)["status"] == "done"  # the worker ran it
 
 
 def test_a_document_is_analysed_on_the_service_workers(queued_api: ApiBackend, backend: InProcessBackend) -> None:
