@@ -171,6 +171,18 @@ def document_bench(driver: Any, url: str, analyzer: Analyzer, n_tokens: int, win
     return {"tokens": n, "windows": total, "window": window, **marks, "page": prop(driver, "job-progress", "text")}
 
 
+def print_rows(args: Any, info: Any, load: float, rows: list[Any]) -> None:
+    print(f"\nmodel {args.model} ({info.n_layers} layers x {info.n_heads} heads), median of {args.repeats}, "
+          f"in-process backend, headless Chromium, {os.cpu_count()} cores, load average {load:.1f}")
+    print("| tokens | Analyse -> rendered heatmap | model (the two passes) | drawing in the server "
+          "| transfer + BokehJS + paint | head switch -> redrawn | bytes to browser (analysis) | bytes from browser "
+          "| full [layer, head, q, k] float32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, a, m, d, b, s, r, p, f in rows:
+        print(f"| {n} | {a:.2f} s | {m:.2f} s | {d:.2f} s | {b:.2f} s | {s:.2f} s | {size(r)} | {size(p)} "
+              f"| {size(f)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -246,15 +258,8 @@ def main() -> None:
             document["cpu"] = time.process_time() - cpu
             document["load"] = (load_before, os.getloadavg()[0])
     load = os.getloadavg()[0]
-    print(f"\nmodel {args.model} ({info.n_layers} layers x {info.n_heads} heads), median of {args.repeats}, "
-          f"in-process backend, headless Chromium, {os.cpu_count()} cores, load average {load:.1f}")
-    print("| tokens | Analyse -> rendered heatmap | model (the two passes) | drawing in the server "
-          "| transfer + BokehJS + paint | head switch -> redrawn | bytes to browser (analysis) | bytes from browser "
-          "| full [layer, head, q, k] float32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, a, m, d, b, s, r, p, f in rows:
-        print(f"| {n} | {a:.2f} s | {m:.2f} s | {d:.2f} s | {b:.2f} s | {s:.2f} s | {size(r)} | {size(p)} "
-              f"| {size(f)} |")
+    if rows:
+        print_rows(args, info, load, rows)
     if document is not None:
         print(f"\nuploaded document: {document['tokens']} tokens, {document['windows']} windows of "
               f"{document['window']} (stride {document['window'] // 2}), attention, local queue; load average "
