@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,28 @@ def test_a_document_is_analysed_window_by_window_in_process(backend: InProcessBa
     again.documents.resume({"job": [page.documents.job_id.encode()]})
     assert len(again.documents.results) == len(page.documents.results)
     assert again.documents.bar.tags == page.documents.bar.tags
+
+
+def test_a_cancelled_job_and_an_unknown_one_say_so(backend: InProcessBackend) -> None:
+    queue = backend.job_queue()
+    gate = threading.Event()
+    queue.pool.submit(gate.wait)  # the local queue's one thread is busy: the job waits, queued
+    try:
+        job_id = backend.submit_document(DOCUMENT, "tiny-gpt2", ["attention"], {}, WINDOW)
+        page = page_for(backend)
+        page.documents.job_id = job_id
+        page.documents.cancel_button.visible = True
+        page.documents.cancel()
+        assert queue.status(job_id)["status"] == "cancelled"
+        assert backend.cancel_document(job_id) is False  # already ended
+    finally:
+        gate.set()
+    page.documents.resume({"job": [job_id.encode()]})
+    assert page.documents.error.visible and "<code>job_cancelled</code>" in page.documents.error.text
+    assert not page.documents.results and not page.documents.cancel_button.visible
+    gone = page_for(backend)
+    gone.documents.resume({"job": [b"0123456789abcdef0123456789abcdef"]})
+    assert "<code>unknown_job</code>" in gone.documents.error.text
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,8 @@ class Backend(Protocol):
 
     def follow_document(self, job_id: str, start: int = 0) -> Iterator[JobView]: ...
 
+    def cancel_document(self, job_id: str) -> bool: ...
+
 
 def _all_windows(host: PluginHost) -> type[msgspec.Struct]:
     """A window result typed for every installed method (so any job's windows decode)."""
@@ -172,6 +174,14 @@ class InProcessBackend:
         try:
             yield from jobs.follow(job_id, status, lambda at: queue.items(job_id, at, ITEMS_PER_LOOK),
                                    lambda raw: wire.from_msgpack(raw, typed), pause, start)
+        except LmlensError as exc:
+            raise ServiceError(exc.code, exc.message, exc.field) from None
+
+    def cancel_document(self, job_id: str) -> bool:
+        from lmlens.errors import LmlensError
+
+        try:
+            return bool(self.job_queue().cancel(job_id))
         except LmlensError as exc:
             raise ServiceError(exc.code, exc.message, exc.field) from None
 
@@ -288,7 +298,6 @@ class ApiBackend:
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ConnectionLost(f"no answer from the lmlens API at {self.url} ({type(exc).__name__})") from None
 
-
     # --- long documents -------------------------------------------------------------------
 
     def submit_document(
@@ -321,6 +330,9 @@ class ApiBackend:
             return {item.index: item.value for item in decoded.items}  # type: ignore[attr-defined]
 
         yield from jobs.follow(job_id, status, items, lambda value: value, lambda: time.sleep(POLL_S), start)
+
+    def cancel_document(self, job_id: str) -> bool:
+        return bool(msgspec.json.decode(self._request("DELETE", f"/jobs/{job_id}").content)["cancelled"])
 
 
 class _Frame(msgspec.Struct):

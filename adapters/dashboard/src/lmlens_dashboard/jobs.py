@@ -36,6 +36,13 @@ from lmlens.plugins import PluginHost
 
 log = logging.getLogger("lmlens_dashboard")
 
+
+class UnknownJobError(LmlensError):
+    """As the worker adapter says it: no such job (unknown, or no longer kept)."""
+
+    code = "unknown_job"
+    http_status = 404
+
 DOCUMENT_JOB = "analyze_document"
 FINAL = {"done", "failed", "cancelled"}
 POLL_S = 0.25  # between two looks at a job on Redis or the API
@@ -179,7 +186,7 @@ class LocalJobs:
     def _get(self, job_id: str) -> _LocalJob:
         job = self.jobs.get(job_id)
         if job is None:
-            raise InvalidParamsError(f"no job {job_id!r} in this dashboard (unknown, or forgotten)", field="job")
+            raise UnknownJobError(f"no job {job_id!r} in this dashboard (unknown, or forgotten)", field="job")
         return job
 
     def status(self, job_id: str) -> dict[str, Any]:

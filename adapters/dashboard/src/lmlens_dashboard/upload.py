@@ -90,6 +90,8 @@ class DocumentJobs:
                                   css_classes=["lmlens-window-size"])
         self.start_button = Button(label="Analyse document", button_type="primary", width=160, disabled=True,
                                    name="analyse-document", css_classes=["lmlens-analyse-document"])
+        self.cancel_button = Button(label="Cancel", button_type="warning", width=90, visible=False,
+                                    name="cancel-document", css_classes=["lmlens-cancel-document"])
         self.bar = Div(text="", name="job-progress", css_classes=["lmlens-job-progress"], visible=False,
                        width=BAR_WIDTH + 320)
         self.windows = Select(title="Window", options=[], width=260, visible=False, name="job-window",
@@ -97,12 +99,13 @@ class DocumentJobs:
         self.strip = Div(text="", name="job-windows", css_classes=["lmlens-job-windows"])
         self.file.on_change("value", lambda _a, _o, new: self.uploaded(new))
         self.start_button.on_click(lambda: self.start())
+        self.cancel_button.on_click(lambda: self.cancel())
         self.windows.on_change("value", lambda _a, _o, new: self._picked(new))
         self.root = column(
             Div(text="<b>Long document</b> <span style='color:#666;font-size:12px'>a UTF-8 text file, analysed in "
                      "windows through the job queue; each window appears as it finishes</span>"),
-            row(self.file, self.window_size, self.start_button), self.file_note, self.error, self.bar,
-            row(self.windows, self.strip), name="document", css_classes=["lmlens-document"])
+            row(self.file, self.window_size, self.start_button, self.cancel_button), self.file_note, self.error,
+            self.bar, row(self.windows, self.strip), name="document", css_classes=["lmlens-document"])
 
         self.document: str | None = None
         self.job_id: str | None = None
@@ -145,6 +148,8 @@ class DocumentJobs:
             return
         page.clear_errors()
         self.error.visible = False
+        if self.job_id is not None and self.cancel_button.visible:
+            self.cancel()  # one job per page: the one it no longer follows would hold the queue
         methods = [page.methods.labels[i] for i in sorted(page.methods.active)]
         params = {m: contract.overview_params(page.backend.panels.get(m)) for m in methods}
         params = {m: p for m, p in params.items() if p}
@@ -154,6 +159,21 @@ class DocumentJobs:
         self._bar()
         page.executor.submit(self._submit, self.stamp, self.document, self.model, list(methods), params,
                              int(self.window_size.value))
+
+    def cancel(self) -> None:
+        """Ask the backend to stop the job (it stops before its next window)."""
+        if self.job_id is None:
+            return
+        self.cancel_button.visible = False
+        self.page.executor.submit(self._cancel, self.stamp, self.job_id)
+
+    def _cancel(self, stamp: int, job_id: str) -> None:
+        try:
+            self.page.backend.cancel_document(job_id)
+        except ConnectionLost as exc:
+            self.page.later(self._lost, stamp, str(exc), job_id)
+        except ServiceError as exc:
+            self.page.later(self._refused, stamp, exc)
 
     def resume(self, arguments: Mapping[str, list[bytes]]) -> None:
         """Follow the job named in the address (``?job=...``), from its first window."""
@@ -220,6 +240,7 @@ class DocumentJobs:
             return
         self.job_id = job_id
         self.status = "queued"
+        self.cancel_button.visible = True
         self._bar()
         # the address names the job: a reload, or a colleague on the same service, follows it
         self.page.share.text = f'<a href="?{html.escape(self._query())}">link to this job</a>'
@@ -266,6 +287,7 @@ class DocumentJobs:
             self.status = f"done: {len(self.results)} windows in {took:.1f} s{first}"
         if view.final:
             self.start_button.disabled = self.document is None
+        self.cancel_button.visible = not view.final
         self._bar()
 
     def _add(self, window: Any) -> None:
