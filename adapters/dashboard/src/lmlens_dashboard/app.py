@@ -39,6 +39,7 @@ from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit l
 from lmlens.wire import AnalysisResult
 from lmlens_dashboard import contract
 from lmlens_dashboard.backend import Backend, Catalogue, ConnectionLost, ServiceError
+from lmlens_dashboard.upload import DocumentJobs
 
 log = logging.getLogger("lmlens_dashboard")
 silence(EMPTY_LAYOUT, True)  # sections and panel holders start empty and fill as results arrive
@@ -133,14 +134,16 @@ class Page:
                                                              self.methods_note, self.methods_error)),
             row(self.analyse, self.retry, self.status), self.error, self.share,
         )
+        self.documents = DocumentJobs(self)
         doc.title = "lmlens dashboard"
-        doc.add_root(column(form, self.panels, name="root"))
+        doc.add_root(column(form, self.documents.root, self.panels, name="root"))
 
         arguments: Mapping[str, list[bytes]] = {}
         http_request = getattr(doc.session_context, "request", None)  # None outside a server session
         if http_request is not None:
             arguments = http_request.arguments
         self.load_catalogue(arguments)
+        self.documents.resume(arguments)
 
     @staticmethod
     def _error_div(name: str) -> Div:

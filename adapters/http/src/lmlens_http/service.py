@@ -157,6 +157,8 @@ class Service:
             typed = wire.convert(params, job.params)
         except msgspec.ValidationError as exc:
             raise from_validation(exc, prefix="params") from None
+        if kind == "analyze_document":
+            return self._check_document_job(typed)
         if kind != "analyze_batch":
             model = params.get("model")
             if isinstance(model, str) and model not in self.allowed:
@@ -186,6 +188,29 @@ class Service:
         await self.check_plan(first, field_prefix="params.", texts=typed.texts)
         return {"texts": list(typed.texts), "methods": [m.name for m in first.methods],
                 "params": msgspec.to_builtins(first.params), "model": first.model}
+
+    def _check_document_job(self, typed: Any) -> dict[str, Any]:
+        """An ``analyze_document`` job: the document (up to MAX_DOCUMENT_CHARS), the model
+        allowlist, the methods and their params, as ``/analyze`` checks them; the checks
+        that need the model (window size, memory) run in the job, before its first window."""
+        spec = typed.model or self.default_model
+        if spec not in self.allowed:
+            raise ModelNotAllowedError(
+                f"model {spec!r} is not served here; choose one of: {', '.join(self.allowed)}", field="params.model"
+            )
+        try:
+            self.analyzer.check_text(typed.text, limit=self.analyzer.settings.max_document_chars)
+            methods = list(typed.methods) or self.analyzer.default_methods()
+            given = {name: dict(value) for name, value in typed.params.items()}
+            for name, overrides in HTTP_DEFAULTS.items():  # summaries, not full maps, unless asked
+                if name in methods and name not in given:
+                    given[name] = dict(overrides)
+            resolved = self.analyzer.resolve_params(self.analyzer.resolve_methods(methods), given)
+        except LmlensError as exc:
+            exc.field = f"params.{exc.field}" if exc.field else "params"
+            raise
+        return {**msgspec.to_builtins(typed), "model": spec, "methods": methods,
+                "params": msgspec.to_builtins(resolved)}
 
     async def check_plan(self, prep: Prepared, *, field_prefix: str = "", texts: Sequence[str] = ()) -> None:
         """The checks that need the model, in the pool, before work is queued elsewhere:
