@@ -15,7 +15,7 @@ The machine may be shared: the load average is printed beside every figure, and 
 (steadier than wall time under load) beside wall seconds.
 Goal (issue 13): under 5 s with the converted SmolLM2 in LMLENS_CACHE_DIR.
 
-    LMLENS_CACHE_DIR=/tmp/lmcache python benchmarks/bench_cold_start.py [--repeats 3]
+    LMLENS_CACHE_DIR=/tmp/lmcache python benchmarks/bench_cold_start.py [--repeats 3] [--before]
 """
 
 from __future__ import annotations
@@ -125,33 +125,55 @@ def load_average() -> str:
     return f"load {one:.1f}/{five:.1f} on {os.cpu_count()} CPUs"
 
 
+# ``--before``: the service as it was before issue 13's cold-start changes, in the same run:
+# libgomp's own wait policy (threads spin; an empty value is ignored by libgomp and kept by
+# lmlens, which otherwise sets PASSIVE) and no background load of the default model.
+BEFORE = {"OMP_WAIT_POLICY": "", "LMLENS_WARM_DEFAULT": "false"}
+
+
+def summary(steps: dict[str, list[tuple[float, float]]]) -> str:
+    return ", ".join(
+        f"{name} {statistics.median(w for w, _ in values):.2f} s ({statistics.median(c for _, c in values):.2f} CPU)"
+        for name, values in steps.items()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--before", action="store_true",
+                        help="also run the service as before the cold-start changes, alternating")
     args = parser.parse_args()
-    totals: list[float] = []
-    cpus: list[float] = []
-    steps: dict[str, list[tuple[float, float]]] = {}
+    variants = {"now": {}, "before": BEFORE} if args.before else {"now": {}}
+    totals: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
+    steps: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in variants}
     for r in range(args.repeats):
-        total, cpu = cold_start(args.model)
-        totals.append(total)
-        cpus.append(cpu)
-        parts = breakdown(args.model)
-        for name, value in parts.items():
-            steps.setdefault(name, []).append(value)
-        detail = ", ".join(f"{name} {wall:.2f} s ({cpu_s:.2f} CPU)" for name, (wall, cpu_s) in parts.items())
-        print(f"run {r + 1}: first 200 on /analyze after {total:.2f} s ({cpu:.2f} CPU s in the server); "
-              f"breakdown: {detail}; {load_average()}", flush=True)
-    medians = ", ".join(
-        f"{name} {statistics.median(w for w, _ in values):.2f} s ({statistics.median(c for _, c in values):.2f} CPU)"
-        for name, values in steps.items()
-    )
-    median = statistics.median(totals)
-    print(f"breakdown (separate process, medians): {medians}")
-    print(f"ROW cold start (process start -> first 200 on /analyze, {args.model} cached): median "
-          f"{median:.2f} s ({statistics.median(cpus):.2f} CPU s) over {args.repeats}; goal < {GOAL_S:.0f} s: "
-          f"{'met' if median < GOAL_S else 'not met'}; {load_average()}")
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            env = variants[name]
+            total, cpu = cold_start(args.model, env)
+            totals[name].append(total)
+            cpus[name].append(cpu)
+            parts = breakdown(args.model, env)
+            for step, value in parts.items():
+                steps[name].setdefault(step, []).append(value)
+            detail = ", ".join(f"{step} {wall:.2f} s ({cpu_s:.2f} CPU)" for step, (wall, cpu_s) in parts.items())
+            print(f"run {r + 1} {name}: first 200 on /analyze after {total:.2f} s ({cpu:.2f} CPU s in the server); "
+                  f"breakdown: {detail}; {load_average()}", flush=True)
+    for name in variants:
+        median = statistics.median(totals[name])
+        print(f"breakdown {name} (separate process, medians): {summary(steps[name])}")
+        print(f"ROW cold start {name} (process start -> first 200 on /analyze, {args.model} cached): median "
+              f"{median:.2f} s ({statistics.median(cpus[name]):.2f} CPU s) over {args.repeats}; goal < {GOAL_S:.0f} s: "
+              f"{'met' if median < GOAL_S else 'not met'}; {load_average()}")
+    if args.before:
+        ratio = statistics.median(totals["before"]) / statistics.median(totals["now"])
+        print(f"ROW cold start before/now: {ratio:.2f}x (medians, alternating runs); {load_average()}")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("note: PYTHONDONTWRITEBYTECODE is set: modules without a cached .pyc (editable installs) "
+              "are compiled at every start")
 
 
 if __name__ == "__main__":
