@@ -171,9 +171,6 @@ def main() -> None:
     if args.before:
         ratio = statistics.median(totals["before"]) / statistics.median(totals["now"])
         print(f"ROW cold start before/now: {ratio:.2f}x (medians, alternating runs); {load_average()}")
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        print("note: PYTHONDONTWRITEBYTECODE is set: modules without a cached .pyc (editable installs) "
-              "are compiled at every start")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def test_no_warm_load_when_off_or_preloaded(make_server, plain_host) -> None:
     assert off.service.loaded_models() == ["tiny-llama"]
     preloaded = make_server(plain_host, default_model="tiny-llama", preload=["tiny-llama"])
     assert preloaded.service.warming is None and preloaded.service.loaded_models() == ["tiny-llama"]
+    other = make_server(plain_host, default_model="tiny-llama", preload=["tiny-gpt2"])  # the operator's choice
+    assert other.service.warming is None and other.service.loaded_models() == ["tiny-gpt2"]
 
 
 def test_a_failed_warm_load_answers_requests_as_before(make_server) -> None:

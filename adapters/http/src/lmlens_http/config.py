@@ -43,7 +43,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     default_model: str | None = None  # None: the kernel's default (smollm2-135m)
     models: list[str] | None = None  # the allowlist; None: every registered alias
     preload: list[str] = []  # models to load at startup; the server listens once they are loaded
-    warm_default: bool = True  # load the default model in the background at startup (unless preloaded)
+    warm_default: bool = True  # no preload: load the default model in the background at startup
     pool_workers: Positive = 2  # threads running model work
     queue_size: NonNegative = 16  # admitted jobs waiting for a thread; more get 503
     request_timeout_s: Seconds = 60.0

@@ -310,12 +310,13 @@ class Service:
         return [r for chunk_results in results for r in chunk_results]
 
     def warm(self) -> threading.Thread | None:
-        """Start loading the default model in a background thread (``warm_default``), unless
-        ``preload`` loads it: the server listens at once, and the first request finds the
-        model loaded, or waits for this load (the model store loads a spec once) instead of
-        starting its own. A failed load is logged; the next request that needs the model
-        loads it again and answers with the error's code."""
-        if not self.config.warm_default or self.default_model in self.config.preload:
+        """Start loading the default model in a background thread (``warm_default``) when
+        ``preload`` is empty (preloaded models are the operator's choice: a warm load would
+        delay them and could evict one from the model store). The server listens at once,
+        and the first request finds the model loaded, or waits for this load (the store
+        loads a spec once) instead of starting its own. A failed load is logged; the next
+        request that needs the model loads it again and answers with the error's code."""
+        if not self.config.warm_default or self.config.preload:
             return None
         thread = threading.Thread(target=self._warm, name="lmlens-warm", daemon=True)
         thread.start()
