@@ -110,7 +110,7 @@ def test_batch_size_does_not_change_the_answer(tiny_analyzer) -> None:
     a, b = one.methods["head_importance"], many.methods["head_importance"]
     np.testing.assert_allclose(a.zero, b.zero, atol=2e-5)
     np.testing.assert_allclose(a.mean, b.mean, atol=2e-5)
-    assert (a.n_passes, b.n_passes) == (17, 2)
+    assert (a.n_passes, b.n_passes) == (17, 3)  # batch 16: one pass per layer (2), plus the clean one
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_automatic_batch_size_fits_the_text(tiny_analyzer) -> None:
 
     assert (auto_batch_size(15), auto_batch_size(512), auto_batch_size(5000)) == (64, 4, 1)
     hi = tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
-    assert hi.n_passes == 2  # 16 ablations of a short text: one pass beside the clean one
+    assert hi.n_passes == 3  # 16 ablations of a short text, 8 per layer: one pass per layer beside the clean one
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,67 @@ def test_attribution_mode_through_analyze(tiny_analyzer) -> None:
     with pytest.raises(InvalidParamsError) as info:
         tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params)
     assert info.value.field == "params.head_importance.mode"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_chunked_head_loss_equals_the_loss_of_the_model_logits(tiny_models, monkeypatch, family: str) -> None:
+    """The loss from the final norm's output, a few rows of logits at a time, against
+    next_token_loss on the model's own logits (the path before the chunking)."""
+    from lmlens import Need, run_forward
+    from lmlens_attention import importance
+
+    loaded = tiny_models[family]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    batch = torch.cat([ids, ids.roll(1, dims=1), ids.flip(1)])  # three different rows
+    got = run_forward(loaded, [Need("final"), Need("logits")], input_ids=batch)
+    reference = importance.next_token_loss(got["logits"], batch)  # [3]
+    # row 0's targets for every row: the loss scores each row against the text
+    expected = importance.next_token_loss(got["logits"], ids.expand(3, -1))
+    per_row = (ids.shape[1] - 1) * loaded.info.vocab_size
+    for chunk_rows in (1, 2, 3):
+        monkeypatch.setattr(importance, "LOSS_CHUNK_ELEMENTS", chunk_rows * per_row)
+        loss = importance.head_loss(loaded, ids)(got["final"])
+        torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    assert float((reference - expected).abs().max()) > 1e-3  # the rows differ, so the check can fail
+
+
+def test_each_pass_holds_one_layer() -> None:
+    from lmlens_attention.importance import Ablation, layer_passes
+
+    jobs = [Ablation(k, layer, h) for layer in (0, 2) for k in ("zero", "mean") for h in range(3)]
+    passes = layer_passes(jobs, 4)
+    assert [len(p) for p in passes] == [4, 2, 4, 2]
+    assert all(len({a.layer for a in p}) == 1 for p in passes)
+    assert [a for p in passes for a in p] == jobs
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: str) -> None:
+    """The batched, per-layer, chunked-loss path against the plainest one: a pass per ablation
+    that patches one head and scores the model's full logits with next_token_loss."""
+    from lmlens import Need, Patch, run_forward
+    from lmlens_attention.importance import head_importance, next_token_loss
+
+    loaded = tiny_models[family]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    layers = [0, 1]
+    got = head_importance(loaded, ids, layers, ["zero", "mean"], batch_size=5)
+    heads = run_forward(loaded, [Need(f"blocks.{layer}.attn.heads", name=str(layer)) for layer in layers], input_ids=ids)
+    clean = float(next_token_loss(run_forward(loaded, [Need("logits")], input_ids=ids)["logits"], ids)[0])
+    assert got.clean == pytest.approx(clean, abs=1e-6)
+    for layer in layers:
+        for head in range(loaded.info.n_heads):
+            for kind in ("zero", "mean"):
+                fill = heads[str(layer)][0, :, head].mean(0) if kind == "mean" else 0.0
+
+                def ablate(x: torch.Tensor, context: object, head: int = head, fill: object = fill) -> torch.Tensor:
+                    x = x.clone()
+                    x[:, :, head] = fill
+                    return x
+
+                logits = run_forward(
+                    loaded, [Need("logits")], input_ids=ids, patches=[Patch(f"blocks.{layer}.attn.heads", ablate)]
+                )["logits"]
+                effect = float(next_token_loss(logits, ids)[0]) - clean
+                assert got.effects[kind][layer, head] == pytest.approx(effect, abs=2e-6)
+    assert got.n_passes == 1 + 2 * 2  # 8 ablations per layer in passes of 5: two passes a layer

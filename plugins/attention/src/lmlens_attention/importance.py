@@ -4,9 +4,16 @@ A head's output reaches the residual stream through the attention output project
 the kernel's point ``blocks.{l}.attn.heads`` is that projection's input split by head,
 ``[batch, pos, head, d_head]``. Ablating head h of layer l patches its slice there, in
 one row of the batch: zero ablation with zeros, mean ablation with the head's mean output over
-the text's positions. Row r of a pass carries ablation r, so ``batch_size`` ablations
-(of any layers) cost one pass, and the blocks below a pass's lowest ablated layer run
-for one row only.
+the text's positions. Row r of a pass carries ablation r.
+
+Every pass holds the ablations of one layer only, widened from one clean row at that
+layer's input, so no row recomputes clean blocks between its pass's lowest layer and
+its own (mixing layers in a pass cost ~5% more multiply-adds at 34 SmolLM2 tokens). The
+loss reads the final norm's output and applies the LM head to the positions that
+predict a token (all but the last), a few rows at a time, so the pass never holds a
+``[batch, pos, vocab]`` logits tensor. What is left is compute: per ablated row the
+blocks above the ablated layer and the LM head at every position (see
+``benchmarks/bench_perf.py``, row heads).
 
 ``head_attribution`` is the fast approximation (attribution patching: Nanda 2023; Syed
 et al. 2023): one forward and one backward pass give the loss's gradient with respect
@@ -35,10 +42,36 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
 
     logsumexp minus the target's logit: no second [batch, pos, vocab] tensor of log-probs.
     """
-    scores = logits[:, :-1].float()  # [batch, pos - 1, vocab]
-    target = input_ids[:, 1:].to(logits.device)
-    picked = scores.gather(-1, target[..., None])[..., 0]
+    return _shifted_loss(logits[:, :-1], input_ids[:, 1:].to(logits.device))
+
+
+def _shifted_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """logits [batch, pos - 1, vocab] predicting target [batch or 1, pos - 1] -> [batch] mean nats."""
+    scores = logits.float()  # a no-op in float32; fp16/bf16 logits are scored in float32
+    picked = scores.gather(-1, target.expand(scores.shape[0], -1)[..., None])[..., 0]
     loss: torch.Tensor = (torch.logsumexp(scores, -1) - picked).mean(-1)
+    return loss
+
+
+LOSS_CHUNK_ELEMENTS = 1 << 23  # logits held at once while scoring: 32 MB in float32
+
+
+def head_loss(loaded: LoadedModel, input_ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The next-token loss from the final norm's output [batch, pos, d_model] -> [batch].
+
+    The LM head runs on the positions that predict a token (not the last), a few rows at a
+    time: the same numbers as ``next_token_loss(model logits)`` without the full logits."""
+    assert loaded.arch.lm_head is not None
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    target = input_ids[:, 1:].to(loaded.device)  # [1, pos - 1]
+    per_row = max(1, (int(input_ids.shape[1]) - 1) * loaded.info.vocab_size)
+    chunk = max(1, LOSS_CHUNK_ELEMENTS // per_row)
+
+    def loss(final: torch.Tensor) -> torch.Tensor:
+        hidden = final[:, :-1]
+        parts = [_shifted_loss(head(hidden[s : s + chunk]), target) for s in range(0, hidden.shape[0], chunk)]
+        return torch.cat(parts)
+
     return loss
 
 
@@ -118,6 +151,17 @@ class Importance:
     n_passes: int
 
 
+def layer_passes(jobs: Sequence[Ablation], batch_size: int) -> list[list[Ablation]]:
+    """The rows of each pass: one layer's ablations, at most ``batch_size`` of them.
+
+    Rows of a pass are widened at the pass's layer, so a row of a higher layer in the same
+    pass would recompute the clean blocks in between; one layer per pass never does."""
+    by_layer: dict[int, list[Ablation]] = {}
+    for job in jobs:
+        by_layer.setdefault(job.layer, []).append(job)
+    return [rows[s : s + batch_size] for rows in by_layer.values() for s in range(0, len(rows), batch_size)]
+
+
 def head_importance(
     loaded: LoadedModel,
     input_ids: torch.Tensor,  # [1, pos]
@@ -126,32 +170,30 @@ def head_importance(
     batch_size: int,
 ) -> Importance:
     loss = uses_loss(loaded)
-    point = "logits" if loss else "final"
     batch_size = batch_size or auto_batch_size(int(input_ids.shape[1]))
     mean_needs = [Need(f"blocks.{layer}.attn.heads", _position_mean, name=f"mean.{layer}") for layer in layers]
-    got = run_forward(loaded, [Need(point), *mean_needs], input_ids=input_ids)
+    if loss:
+        # the clean loss through the same function as the ablated rows: effects are differences
+        metric = head_loss(loaded, input_ids)
+        got = run_forward(loaded, [Need("final", metric, name="clean"), *mean_needs], input_ids=input_ids)
+        clean = float(got["clean"][0])
+    else:
+        got = run_forward(loaded, [Need("final"), *mean_needs], input_ids=input_ids)
+        clean_state = got["final"]  # [1, pos, d_model]
+        clean = 0.0
+
+        def metric(out: torch.Tensor) -> torch.Tensor:  # [batch] ; runs inside the hook
+            return final_state_change(out, clean_state)
+
     means = {layer: got[f"mean.{layer}"] for layer in layers}
-    clean_out = got[point]  # [1, pos, *]
     del got
-    clean_state = clean_out if not loss else None
-    clean = float(next_token_loss(clean_out, input_ids)[0]) if loss else 0.0
-    del clean_out
-
-    def metric(out: torch.Tensor) -> torch.Tensor:  # [batch] ; runs inside the hook
-        if loss:
-            return next_token_loss(out, input_ids.expand(out.shape[0], -1))
-        assert clean_state is not None
-        return final_state_change(out, clean_state)
-
-    # layer-major, so that the rows of one pass share their lowest ablated layer
     jobs = [Ablation(k, layer, h) for layer in sorted(layers) for k in kinds for h in range(loaded.info.n_heads)]
     found: dict[Ablation, float] = {}
     n_passes = 1
-    for first in range(0, len(jobs), batch_size):
-        rows = jobs[first : first + batch_size]
+    for rows in layer_passes(jobs, batch_size):
         out = run_forward(
             loaded,
-            [Need(point, metric, name="ablated")],
+            [Need("final", metric, name="ablated")],
             input_ids=input_ids,
             patches=ablation_patches(loaded, rows, means),
         )
