@@ -253,7 +253,8 @@ def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: s
     ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
     layers = [0, 1]
     got = head_importance(loaded, ids, layers, ["zero", "mean"], batch_size=5)
-    heads = run_forward(loaded, [Need(f"blocks.{layer}.attn.heads", name=str(layer)) for layer in layers], input_ids=ids)
+    needs = [Need(f"blocks.{layer}.attn.heads", name=str(layer)) for layer in layers]
+    heads = run_forward(loaded, needs, input_ids=ids)
     clean = float(next_token_loss(run_forward(loaded, [Need("logits")], input_ids=ids)["logits"], ids)[0])
     assert got.clean == pytest.approx(clean, abs=1e-6)
     for layer in layers:
