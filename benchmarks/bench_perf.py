@@ -196,6 +196,9 @@ def head_importance_before(loaded, input_ids, layers, kinds, batch_size):  # typ
                              for layer in layers]) for k in kinds}
 
 
+HYBRID_TOP = 30  # heads of each kind ablated exactly after attribution ranked them
+
+
 def row_heads(repeats: int) -> None:
     from lmlens import Analyzer
 
@@ -215,12 +218,21 @@ def row_heads(repeats: int) -> None:
     def before() -> None:
         found["before"] = head_importance_before(loaded, ids, layers, ["zero", "mean"], 0)
 
+    def hybrid() -> None:
+        from lmlens_attention.importance import head_hybrid
+
+        found["hybrid"] = head_hybrid(loaded, ids, layers, ["zero", "mean"], 0, top=HYBRID_TOP)
+
     run("attribution")()  # warm-up
     print(f"head_importance, smollm2-135m, 34 tokens, zero + mean ablation of 270 heads, torch threads "
           f"{torch.get_num_threads()}, {load()}")
-    got = side_by_side({"exact before (mixed-layer passes)": before, "exact now (a layer a pass)": run("exact"),
-                        "attribution (1 fwd + 1 bwd)": run("attribution")}, repeats)
-    (bw, bc), (ew, ec), (aw, ac) = got.values()
+    sides = {
+        "exact before (mixed-layer passes)": before,
+        "exact now (a layer a pass)": run("exact"),
+        "attribution (1 fwd + 1 bwd)": run("attribution"),
+        f"hybrid (exact top {HYBRID_TOP} a kind)": hybrid,
+    }
+    (bw, bc), (ew, ec), (aw, ac), (hw, hc) = side_by_side(sides, repeats).values()
     exact = found["exact"].methods["head_importance"]  # type: ignore[attr-defined]
     approx = found["attribution"].methods["head_importance"]  # type: ignore[attr-defined]
     old = found["before"]
@@ -228,11 +240,25 @@ def row_heads(repeats: int) -> None:
     rho = {
         k: spearman(torch.as_tensor(getattr(exact, k)), torch.as_tensor(getattr(approx, k))) for k in ("zero", "mean")
     }
+    mixed = found["hybrid"].effects  # type: ignore[attr-defined]
+    rho_h = {k: spearman(torch.as_tensor(getattr(exact, k)), torch.as_tensor(mixed[k])) for k in ("zero", "mean")}
+
+    def top10(values: object) -> set[int]:
+        return set(torch.as_tensor(values).abs().flatten().argsort(descending=True)[:10].tolist())
+
+    hits = {
+        k: (len(top10(getattr(exact, k)) & top10(getattr(approx, k))), len(top10(getattr(exact, k)) & top10(mixed[k])))
+        for k in ("zero", "mean")
+    }
     print(f"  before {bw:.2f} s wall {bc:.2f} s CPU; now {ew:.2f} s wall {ec:.2f} s CPU ({exact.n_passes} passes); "
           f"attribution {aw:.3f} s wall {ac:.3f} s CPU; max |now - before| {drift:.2e} nats")
     print(f"  ROW head_importance exact before/now: {bw / ew:.2f}x wall, {bc / ec:.2f}x CPU (goal >= 3x)")
     print(f"  ROW head_importance exact/attribution: {ew / aw:.1f}x wall, {ec / ac:.1f}x CPU; Spearman vs exact: "
-          f"zero {rho['zero']:.3f}, mean {rho['mean']:.3f}; {load()}\n")
+          f"zero {rho['zero']:.3f}, mean {rho['mean']:.3f}; top-10 heads found: zero {hits['zero'][0]}/10, "
+          f"mean {hits['mean'][0]}/10")
+    print(f"  ROW head_importance exact/hybrid: {ew / hw:.1f}x wall, {ec / hc:.1f}x CPU; Spearman vs exact: "
+          f"zero {rho_h['zero']:.3f}, mean {rho_h['mean']:.3f}; top-10 heads found: zero {hits['zero'][1]}/10, "
+          f"mean {hits['mean'][1]}/10; {load()}\n")
 
 
 def main() -> None:

@@ -273,3 +273,29 @@ def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: s
                 effect = float(next_token_loss(logits, ids)[0]) - clean
                 assert got.effects[kind][layer, head] == pytest.approx(effect, abs=2e-6)
     assert got.n_passes == 1 + 2 * 2  # 8 ablations per layer in passes of 5: two passes a layer
+
+
+def test_hybrid_is_exact_on_the_top_heads_and_the_estimate_elsewhere(tiny_models) -> None:
+    from lmlens_attention.importance import head_attribution, head_hybrid, head_importance
+
+    loaded = tiny_models["llama"]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    layers, kinds = [0, 1], ["zero", "mean"]
+    exact = head_importance(loaded, ids, layers, kinds, batch_size=0)
+    estimate = head_attribution(loaded, ids, layers, kinds)
+    hybrid = head_hybrid(loaded, ids, layers, kinds, batch_size=0, top=3)
+    assert hybrid.exact is not None and hybrid.clean == pytest.approx(exact.clean, abs=1e-6)
+    for kind in kinds:
+        mask = hybrid.exact[kind]
+        assert mask.sum() == 3
+        # the three largest estimates by size are the ablated ones
+        assert np.abs(estimate.effects[kind])[mask].min() >= np.abs(estimate.effects[kind])[~mask].max()
+        np.testing.assert_allclose(hybrid.effects[kind][mask], exact.effects[kind][mask], atol=2e-6)
+        np.testing.assert_array_equal(hybrid.effects[kind][~mask], estimate.effects[kind][~mask])
+        assert np.abs(exact.effects[kind] - estimate.effects[kind])[mask].max() > 1e-5  # exact != estimate there
+    touched = {i for kind in kinds for i in np.nonzero(hybrid.exact[kind].any(1))[0]}
+    assert hybrid.n_passes == 1 + 1 + len(touched)  # attribution; the clean pass; a pass per layer with chosen heads
+    every = head_hybrid(loaded, ids, layers, kinds, batch_size=0, top=8)
+    for kind in kinds:
+        assert every.exact is not None and every.exact[kind].all()
+        np.testing.assert_allclose(every.effects[kind], exact.effects[kind], atol=2e-6)

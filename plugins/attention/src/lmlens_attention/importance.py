@@ -23,7 +23,7 @@ to first order as ``sum((h' - h) * dL/dh)`` over positions and ``d_head``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +149,7 @@ class Importance:
     clean: float
     effects: dict[str, np.ndarray]  # kind -> [layer, head]: ablated metric - clean metric
     n_passes: int
+    exact: dict[str, np.ndarray] | None = None  # hybrid: kind -> [layer, head] bool, True where ablated
 
 
 def layer_passes(jobs: Sequence[Ablation], batch_size: int) -> list[list[Ablation]]:
@@ -168,7 +169,10 @@ def head_importance(
     layers: Sequence[int],
     kinds: Sequence[str],
     batch_size: int,
+    only: Collection[Ablation] | None = None,
 ) -> Importance:
+    """Every (kind, layer, head) ablated exactly; with ``only``, just those (the rest of the
+    effects are NaN)."""
     loss = uses_loss(loaded)
     batch_size = batch_size or auto_batch_size(int(input_ids.shape[1]))
     mean_needs = [Need(f"blocks.{layer}.attn.heads", _position_mean, name=f"mean.{layer}") for layer in layers]
@@ -188,6 +192,9 @@ def head_importance(
     means = {layer: got[f"mean.{layer}"] for layer in layers}
     del got
     jobs = [Ablation(k, layer, h) for layer in sorted(layers) for k in kinds for h in range(loaded.info.n_heads)]
+    if only is not None:
+        wanted = set(only)
+        jobs = [job for job in jobs if job in wanted]
     found: dict[Ablation, float] = {}
     n_passes = 1
     for rows in layer_passes(jobs, batch_size):
@@ -201,7 +208,7 @@ def head_importance(
         n_passes += 1
     effects = {}
     for kind in kinds:
-        grid = [[found[Ablation(kind, layer, h)] for h in range(loaded.info.n_heads)] for layer in layers]
+        grid = [[found.get(Ablation(kind, layer, h), np.nan) for h in range(loaded.info.n_heads)] for layer in layers]
         effects[kind] = (np.array(grid) - clean).astype(np.float32)  # [layer, head]
     return Importance(
         metric="next_token_loss" if loss else "final_state_change",
@@ -258,4 +265,40 @@ def head_attribution(
         clean=float(loss.detach()),
         effects={kind: np.stack(rows).astype(np.float32) for kind, rows in effects.items()},
         n_passes=1,
+    )
+
+
+def head_hybrid(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,  # [1, pos]
+    layers: Sequence[int],
+    kinds: Sequence[str],
+    batch_size: int,
+    top: int,
+) -> Importance:
+    """Attribution ranks every head; the ``top`` heads of each kind by the estimate's size are
+    then ablated exactly. Effects: exact where ``exact`` is True, the estimate elsewhere."""
+    estimate = head_attribution(loaded, input_ids, layers, kinds)
+    index = {layer: i for i, layer in enumerate(layers)}
+    chosen: list[Ablation] = []
+    for kind in kinds:
+        flat = np.abs(estimate.effects[kind]).ravel()
+        for i in np.argsort(-flat, kind="stable")[: max(0, top)]:
+            layer_i, head = divmod(int(i), loaded.info.n_heads)
+            chosen.append(Ablation(kind, layers[layer_i], head))
+    ablated = head_importance(loaded, input_ids, layers, kinds, batch_size, only=chosen)
+    effects, exact = {}, {}
+    for kind in kinds:
+        mask = np.zeros(estimate.effects[kind].shape, dtype=bool)
+        for a in chosen:
+            if a.kind == kind:
+                mask[index[a.layer], a.head] = True
+        effects[kind] = np.where(mask, ablated.effects[kind], estimate.effects[kind]).astype(np.float32)
+        exact[kind] = mask
+    return Importance(
+        metric=ablated.metric,
+        clean=ablated.clean,
+        effects=effects,
+        n_passes=estimate.n_passes + ablated.n_passes,
+        exact=exact,
     )
