@@ -228,7 +228,7 @@ def row_heads(repeats: int) -> None:
           f"{torch.get_num_threads()}, {load()}")
     sides = {
         "exact before (mixed-layer passes)": before,
-        "exact now (a layer a pass)": run("exact"),
+        "exact now (chunked loss from final)": run("exact"),
         "attribution (1 fwd + 1 bwd)": run("attribution"),
         f"hybrid (exact top {HYBRID_TOP} a kind)": hybrid,
     }

@@ -110,7 +110,7 @@ def test_batch_size_does_not_change_the_answer(tiny_analyzer) -> None:
     a, b = one.methods["head_importance"], many.methods["head_importance"]
     np.testing.assert_allclose(a.zero, b.zero, atol=2e-5)
     np.testing.assert_allclose(a.mean, b.mean, atol=2e-5)
-    assert (a.n_passes, b.n_passes) == (17, 3)  # batch 16: one pass per layer (2), plus the clean one
+    assert (a.n_passes, b.n_passes) == (17, 2)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_automatic_batch_size_fits_the_text(tiny_analyzer) -> None:
 
     assert (auto_batch_size(15), auto_batch_size(512), auto_batch_size(5000)) == (64, 4, 1)
     hi = tiny_analyzer("gpt2").analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
-    assert hi.n_passes == 3  # 16 ablations of a short text, 8 per layer: one pass per layer beside the clean one
+    assert hi.n_passes == 2  # 16 ablations of a short text: one pass beside the clean one
 
 
 @pytest.fixture(scope="module")
@@ -232,16 +232,6 @@ def test_chunked_head_loss_equals_the_loss_of_the_model_logits(tiny_models, monk
     assert float((reference - expected).abs().max()) > 1e-3  # the rows differ, so the check can fail
 
 
-def test_each_pass_holds_one_layer() -> None:
-    from lmlens_attention.importance import Ablation, layer_passes
-
-    jobs = [Ablation(k, layer, h) for layer in (0, 2) for k in ("zero", "mean") for h in range(3)]
-    passes = layer_passes(jobs, 4)
-    assert [len(p) for p in passes] == [4, 2, 4, 2]
-    assert all(len({a.layer for a in p}) == 1 for p in passes)
-    assert [a for p in passes for a in p] == jobs
-
-
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: str) -> None:
     """The batched, per-layer, chunked-loss path against the plainest one: a pass per ablation
@@ -272,7 +262,7 @@ def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: s
                 )["logits"]
                 effect = float(next_token_loss(logits, ids)[0]) - clean
                 assert got.effects[kind][layer, head] == pytest.approx(effect, abs=2e-6)
-    assert got.n_passes == 1 + 2 * 2  # 8 ablations per layer in passes of 5: two passes a layer
+    assert got.n_passes == 1 + 4  # 16 ablations in passes of 5
 
 
 def test_hybrid_is_exact_on_the_top_heads_and_the_estimate_elsewhere(tiny_models) -> None:
@@ -293,8 +283,7 @@ def test_hybrid_is_exact_on_the_top_heads_and_the_estimate_elsewhere(tiny_models
         np.testing.assert_allclose(hybrid.effects[kind][mask], exact.effects[kind][mask], atol=2e-6)
         np.testing.assert_array_equal(hybrid.effects[kind][~mask], estimate.effects[kind][~mask])
         assert np.abs(exact.effects[kind] - estimate.effects[kind])[mask].max() > 1e-5  # exact != estimate there
-    touched = {i for kind in kinds for i in np.nonzero(hybrid.exact[kind].any(1))[0]}
-    assert hybrid.n_passes == 1 + 1 + len(touched)  # attribution; the clean pass; a pass per layer with chosen heads
+    assert hybrid.n_passes == 1 + 1 + 1  # attribution; the clean pass; one pass for the 6 chosen ablations
     every = head_hybrid(loaded, ids, layers, kinds, batch_size=0, top=8)
     for kind in kinds:
         assert every.exact is not None and every.exact[kind].all()

@@ -4,16 +4,17 @@ A head's output reaches the residual stream through the attention output project
 the kernel's point ``blocks.{l}.attn.heads`` is that projection's input split by head,
 ``[batch, pos, head, d_head]``. Ablating head h of layer l patches its slice there, in
 one row of the batch: zero ablation with zeros, mean ablation with the head's mean output over
-the text's positions. Row r of a pass carries ablation r.
+the text's positions. Row r of a pass carries ablation r, so ``batch_size`` ablations
+(of any layers) cost one pass, and the blocks below a pass's lowest ablated layer run
+for one row only. The loss reads the final norm's output and applies the LM head to
+the positions that predict a token (all but the last), a few rows at a time, so a pass
+never holds a ``[batch, pos, vocab]`` logits tensor.
 
-Every pass holds the ablations of one layer only, widened from one clean row at that
-layer's input, so no row recomputes clean blocks between its pass's lowest layer and
-its own (mixing layers in a pass cost ~5% more multiply-adds at 34 SmolLM2 tokens). The
-loss reads the final norm's output and applies the LM head to the positions that
-predict a token (all but the last), a few rows at a time, so the pass never holds a
-``[batch, pos, vocab]`` logits tensor. What is left is compute: per ablated row the
-blocks above the ablated layer and the LM head at every position (see
-``benchmarks/bench_perf.py``, row heads).
+What is left is compute (issue 13, 34 SmolLM2 tokens: ~1.6 TMAC for 540 ablated rows,
+the blocks above each row's pass's lowest layer and the LM head at 33 positions, at
+~60% of a plain GEMM's speed). Passes of one layer each would skip ~5% of the
+multiply-adds, but their 18-row GEMMs and 3x more passes measured slower; the
+attention of the ablated layer itself is ~1% of a row. See ``benchmarks/bench_perf.py``.
 
 ``head_attribution`` is the fast approximation (attribution patching: Nanda 2023; Syed
 et al. 2023): one forward and one backward pass give the loss's gradient with respect
@@ -152,17 +153,6 @@ class Importance:
     exact: dict[str, np.ndarray] | None = None  # hybrid: kind -> [layer, head] bool, True where ablated
 
 
-def layer_passes(jobs: Sequence[Ablation], batch_size: int) -> list[list[Ablation]]:
-    """The rows of each pass: one layer's ablations, at most ``batch_size`` of them.
-
-    Rows of a pass are widened at the pass's layer, so a row of a higher layer in the same
-    pass would recompute the clean blocks in between; one layer per pass never does."""
-    by_layer: dict[int, list[Ablation]] = {}
-    for job in jobs:
-        by_layer.setdefault(job.layer, []).append(job)
-    return [rows[s : s + batch_size] for rows in by_layer.values() for s in range(0, len(rows), batch_size)]
-
-
 def head_importance(
     loaded: LoadedModel,
     input_ids: torch.Tensor,  # [1, pos]
@@ -191,13 +181,15 @@ def head_importance(
 
     means = {layer: got[f"mean.{layer}"] for layer in layers}
     del got
+    # layer-major, so that the rows of one pass share their lowest ablated layer
     jobs = [Ablation(k, layer, h) for layer in sorted(layers) for k in kinds for h in range(loaded.info.n_heads)]
     if only is not None:
         wanted = set(only)
         jobs = [job for job in jobs if job in wanted]
     found: dict[Ablation, float] = {}
     n_passes = 1
-    for rows in layer_passes(jobs, batch_size):
+    for first in range(0, len(jobs), batch_size):
+        rows = jobs[first : first + batch_size]
         out = run_forward(
             loaded,
             [Need("final", metric, name="ablated")],
