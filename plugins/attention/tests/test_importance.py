@@ -288,3 +288,20 @@ def test_hybrid_is_exact_on_the_top_heads_and_the_estimate_elsewhere(tiny_models
     for kind in kinds:
         assert every.exact is not None and every.exact[kind].all()
         np.testing.assert_allclose(every.effects[kind], exact.effects[kind], atol=2e-6)
+
+
+def test_the_loss_gives_the_lm_head_a_contiguous_input(tiny_models) -> None:
+    from lmlens import Need, run_forward
+    from lmlens_attention.importance import head_loss
+
+    loaded = tiny_models["llama"]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    final = run_forward(loaded, [Need("final")], input_ids=ids.expand(4, -1))["final"]
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    seen: list[bool] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        head_loss(loaded, ids)(final)
+    finally:
+        handle.remove()
+    assert seen and all(seen)
