@@ -17,7 +17,10 @@ sides swings; the ratio of medians measured in the same run is what means someth
 The machine's load average is printed with each row.
 
     LMLENS_CACHE_DIR=/tmp/lmcache python benchmarks/bench_perf.py [--rows attention,ig,heads]
-        [--repeats 5] [--ig-tokens 14,128,512] [--threads N]
+        [--repeats 5] [--ig-tokens 14,128,512] [--ig-repeats 3] [--ig-long-repeats 1]
+        [--heads-repeats 1] [--threads N]
+
+``--threads 1`` makes CPU times steadier on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ PROMPTS = (  # the issue's "3 prompts of 12-16 tokens" (SmolLM2 tokens: 15, 13, 
 )
 
 
-def row_ig(repeats: int, lengths: list[int]) -> None:
+def row_ig(repeats: int, lengths: list[int], long_repeats: int) -> None:
     """Both sides attribute every text of a case in one timed call; 14 means the three PROMPTS."""
     from captum.attr import IntegratedGradients
 
@@ -149,7 +152,8 @@ def row_ig(repeats: int, lengths: list[int]) -> None:
         sizes = "/".join(str(int(ids.shape[1])) for ids, *_ in cases)
         print(f"integrated gradients, smollm2-135m, {len(cases)} text(s) of {sizes} tokens, 32 steps, torch threads "
               f"{torch.get_num_threads()}, {load()}")
-        got = side_by_side({"captum IntegratedGradients": captum, "lmlens importance": ours}, repeats)
+        reps = long_repeats if n >= 512 else repeats  # 512 tokens: ~1 min a side on two idle cores
+        got = side_by_side({"captum IntegratedGradients": captum, "lmlens importance": ours}, reps)
         (cw, cc), (ow, oc) = got.values()
         r = min(float(torch.corrcoef(torch.stack([c, o]))[0, 1]) for c, o in zip(*found.values(), strict=True))
         print(f"  captum {cw:.2f} s wall {cc:.2f} s CPU; lmlens {ow:.2f} s wall {oc:.2f} s CPU; "
@@ -267,6 +271,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-tokens", default="14,128,512")
     parser.add_argument("--ig-repeats", type=int, default=3)
+    parser.add_argument("--ig-long-repeats", type=int, default=1, help="repeats of the ig row at 512+ tokens")
     parser.add_argument("--heads-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -276,7 +281,7 @@ def main() -> None:
     if "attention" in rows:
         row_attention(args.repeats)
     if "ig" in rows:
-        row_ig(args.ig_repeats, [int(n) for n in args.ig_tokens.split(",")])
+        row_ig(args.ig_repeats, [int(n) for n in args.ig_tokens.split(",")], args.ig_long_repeats)
     if "heads" in rows:
         row_heads(args.heads_repeats)
 
