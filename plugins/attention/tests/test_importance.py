@@ -208,3 +208,100 @@ def test_attribution_mode_through_analyze(tiny_analyzer) -> None:
     with pytest.raises(InvalidParamsError) as info:
         tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params)
     assert info.value.field == "params.head_importance.mode"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_chunked_head_loss_equals_the_loss_of_the_model_logits(tiny_models, monkeypatch, family: str) -> None:
+    """The loss from the final norm's output, a few rows of logits at a time, against
+    next_token_loss on the model's own logits (the path before the chunking)."""
+    from lmlens import Need, run_forward
+    from lmlens_attention import importance
+
+    loaded = tiny_models[family]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    batch = torch.cat([ids, ids.roll(1, dims=1), ids.flip(1)])  # three different rows
+    got = run_forward(loaded, [Need("final"), Need("logits")], input_ids=batch)
+    reference = importance.next_token_loss(got["logits"], batch)  # [3]
+    # row 0's targets for every row: the loss scores each row against the text
+    expected = importance.next_token_loss(got["logits"], ids.expand(3, -1))
+    per_row = (ids.shape[1] - 1) * loaded.info.vocab_size
+    for chunk_rows in (1, 2, 3):
+        monkeypatch.setattr(importance, "LOSS_CHUNK_ELEMENTS", chunk_rows * per_row)
+        loss = importance.head_loss(loaded, ids)(got["final"])
+        torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    assert float((reference - expected).abs().max()) > 1e-3  # the rows differ, so the check can fail
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exact_equals_one_pass_per_ablation_on_the_logits(tiny_models, family: str) -> None:
+    """The batched, per-layer, chunked-loss path against the plainest one: a pass per ablation
+    that patches one head and scores the model's full logits with next_token_loss."""
+    from lmlens import Need, Patch, run_forward
+    from lmlens_attention.importance import head_importance, next_token_loss
+
+    loaded = tiny_models[family]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    layers = [0, 1]
+    got = head_importance(loaded, ids, layers, ["zero", "mean"], batch_size=5)
+    needs = [Need(f"blocks.{layer}.attn.heads", name=str(layer)) for layer in layers]
+    heads = run_forward(loaded, needs, input_ids=ids)
+    clean = float(next_token_loss(run_forward(loaded, [Need("logits")], input_ids=ids)["logits"], ids)[0])
+    assert got.clean == pytest.approx(clean, abs=1e-6)
+    for layer in layers:
+        for head in range(loaded.info.n_heads):
+            for kind in ("zero", "mean"):
+                fill = heads[str(layer)][0, :, head].mean(0) if kind == "mean" else 0.0
+
+                def ablate(x: torch.Tensor, context: object, head: int = head, fill: object = fill) -> torch.Tensor:
+                    x = x.clone()
+                    x[:, :, head] = fill
+                    return x
+
+                logits = run_forward(
+                    loaded, [Need("logits")], input_ids=ids, patches=[Patch(f"blocks.{layer}.attn.heads", ablate)]
+                )["logits"]
+                effect = float(next_token_loss(logits, ids)[0]) - clean
+                assert got.effects[kind][layer, head] == pytest.approx(effect, abs=2e-6)
+    assert got.n_passes == 1 + 4  # 16 ablations in passes of 5
+
+
+def test_hybrid_is_exact_on_the_top_heads_and_the_estimate_elsewhere(tiny_models) -> None:
+    from lmlens_attention.importance import head_attribution, head_hybrid, head_importance
+
+    loaded = tiny_models["llama"]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    layers, kinds = [0, 1], ["zero", "mean"]
+    exact = head_importance(loaded, ids, layers, kinds, batch_size=0)
+    estimate = head_attribution(loaded, ids, layers, kinds)
+    hybrid = head_hybrid(loaded, ids, layers, kinds, batch_size=0, top=3)
+    assert hybrid.exact is not None and hybrid.clean == pytest.approx(exact.clean, abs=1e-6)
+    for kind in kinds:
+        mask = hybrid.exact[kind]
+        assert mask.sum() == 3
+        # the three largest estimates by size are the ablated ones
+        assert np.abs(estimate.effects[kind])[mask].min() >= np.abs(estimate.effects[kind])[~mask].max()
+        np.testing.assert_allclose(hybrid.effects[kind][mask], exact.effects[kind][mask], atol=2e-6)
+        np.testing.assert_array_equal(hybrid.effects[kind][~mask], estimate.effects[kind][~mask])
+        assert np.abs(exact.effects[kind] - estimate.effects[kind])[mask].max() > 1e-5  # exact != estimate there
+    assert hybrid.n_passes == 1 + 1 + 1  # attribution; the clean pass; one pass for the 6 chosen ablations
+    every = head_hybrid(loaded, ids, layers, kinds, batch_size=0, top=8)
+    for kind in kinds:
+        assert every.exact is not None and every.exact[kind].all()
+        np.testing.assert_allclose(every.effects[kind], exact.effects[kind], atol=2e-6)
+
+
+def test_the_loss_gives_the_lm_head_a_contiguous_input(tiny_models) -> None:
+    from lmlens import Need, run_forward
+    from lmlens_attention.importance import head_loss
+
+    loaded = tiny_models["llama"]
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    final = run_forward(loaded, [Need("final")], input_ids=ids.expand(4, -1))["final"]
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    seen: list[bool] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        head_loss(loaded, ids)(final)
+    finally:
+        handle.remove()
+    assert seen and all(seen)

@@ -108,3 +108,21 @@ def test_malformed_params_are_typed_errors(tiny_analyzer, params):
 def test_loss_needs_two_tokens(tiny_analyzer):
     with pytest.raises(InvalidParamsError):
         tiny_analyzer("gpt2").analyze("a", methods=["importance"], params={"importance": {"target": "loss"}})
+
+
+@pytest.mark.parametrize("target", ["next_token", "continuation", "loss"])
+def test_the_lm_head_gets_a_contiguous_input(float64_models, make_trace, target):
+    """A strided slice of positions makes the head a batched matmul that reads the whole
+    weight once per row (issue 13); the targets hand it a contiguous copy."""
+    loaded = float64_models["llama"]
+    objective = build_objective(make_trace(loaded, TEXT), ImportanceParams(target=target, continuation=" on it"))
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    seen: list[bool] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        points = objective.embeds.expand(3, -1, -1).clone().requires_grad_(True)
+        values = objective(points, grad=True)
+        torch.autograd.grad(values.sum(), points)
+    finally:
+        handle.remove()
+    assert seen == [True] and values.shape == (3,)

@@ -6,7 +6,15 @@ the kernel's point ``blocks.{l}.attn.heads`` is that projection's input split by
 one row of the batch: zero ablation with zeros, mean ablation with the head's mean output over
 the text's positions. Row r of a pass carries ablation r, so ``batch_size`` ablations
 (of any layers) cost one pass, and the blocks below a pass's lowest ablated layer run
-for one row only.
+for one row only. The loss reads the final norm's output and applies the LM head to
+the positions that predict a token (all but the last), a few rows at a time, so a pass
+never holds a ``[batch, pos, vocab]`` logits tensor.
+
+What is left is compute (issue 13, 34 SmolLM2 tokens: ~1.6 TMAC for 540 ablated rows,
+the blocks above each row's pass's lowest layer and the LM head at 33 positions, at
+~60% of a plain GEMM's speed). Passes of one layer each would skip ~5% of the
+multiply-adds, but their 18-row GEMMs and 3x more passes measured slower; the
+attention of the ablated layer itself is ~1% of a row. See ``benchmarks/bench_perf.py``.
 
 ``head_attribution`` is the fast approximation (attribution patching: Nanda 2023; Syed
 et al. 2023): one forward and one backward pass give the loss's gradient with respect
@@ -16,7 +24,7 @@ to first order as ``sum((h' - h) * dL/dh)`` over positions and ``d_head``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +43,38 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
 
     logsumexp minus the target's logit: no second [batch, pos, vocab] tensor of log-probs.
     """
-    scores = logits[:, :-1].float()  # [batch, pos - 1, vocab]
-    target = input_ids[:, 1:].to(logits.device)
-    picked = scores.gather(-1, target[..., None])[..., 0]
+    return _shifted_loss(logits[:, :-1], input_ids[:, 1:].to(logits.device))
+
+
+def _shifted_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """logits [batch, pos - 1, vocab] predicting target [batch or 1, pos - 1] -> [batch] mean nats."""
+    scores = logits.float()  # a no-op in float32; fp16/bf16 logits are scored in float32
+    picked = scores.gather(-1, target.expand(scores.shape[0], -1)[..., None])[..., 0]
     loss: torch.Tensor = (torch.logsumexp(scores, -1) - picked).mean(-1)
+    return loss
+
+
+LOSS_CHUNK_ELEMENTS = 1 << 23  # logits held at once while scoring: 32 MB in float32
+
+
+def head_loss(loaded: LoadedModel, input_ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The next-token loss from the final norm's output [batch, pos, d_model] -> [batch].
+
+    The LM head runs on the positions that predict a token (not the last), a few rows at a
+    time: the same numbers as ``next_token_loss(model logits)`` without the full logits."""
+    assert loaded.arch.lm_head is not None
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    target = input_ids[:, 1:].to(loaded.device)  # [1, pos - 1]
+    per_row = max(1, (int(input_ids.shape[1]) - 1) * loaded.info.vocab_size)
+    chunk = max(1, LOSS_CHUNK_ELEMENTS // per_row)
+
+    def loss(final: torch.Tensor) -> torch.Tensor:
+        # contiguous: a strided [rows, pos - 1, d_model] slice makes the head a batched matmul
+        # that reads the [vocab, d_model] weight once per row (2x slower for 5 rows)
+        hidden = final[:, :-1].contiguous()
+        parts = [_shifted_loss(head(hidden[s : s + chunk]), target) for s in range(0, hidden.shape[0], chunk)]
+        return torch.cat(parts)
+
     return loss
 
 
@@ -116,6 +152,7 @@ class Importance:
     clean: float
     effects: dict[str, np.ndarray]  # kind -> [layer, head]: ablated metric - clean metric
     n_passes: int
+    exact: dict[str, np.ndarray] | None = None  # hybrid: kind -> [layer, head] bool, True where ablated
 
 
 def head_importance(
@@ -124,34 +161,40 @@ def head_importance(
     layers: Sequence[int],
     kinds: Sequence[str],
     batch_size: int,
+    only: Collection[Ablation] | None = None,
 ) -> Importance:
+    """Every (kind, layer, head) ablated exactly; with ``only``, just those (the rest of the
+    effects are NaN)."""
     loss = uses_loss(loaded)
-    point = "logits" if loss else "final"
     batch_size = batch_size or auto_batch_size(int(input_ids.shape[1]))
     mean_needs = [Need(f"blocks.{layer}.attn.heads", _position_mean, name=f"mean.{layer}") for layer in layers]
-    got = run_forward(loaded, [Need(point), *mean_needs], input_ids=input_ids)
+    if loss:
+        # the clean loss through the same function as the ablated rows: effects are differences
+        metric = head_loss(loaded, input_ids)
+        got = run_forward(loaded, [Need("final", metric, name="clean"), *mean_needs], input_ids=input_ids)
+        clean = float(got["clean"][0])
+    else:
+        got = run_forward(loaded, [Need("final"), *mean_needs], input_ids=input_ids)
+        clean_state = got["final"]  # [1, pos, d_model]
+        clean = 0.0
+
+        def metric(out: torch.Tensor) -> torch.Tensor:  # [batch] ; runs inside the hook
+            return final_state_change(out, clean_state)
+
     means = {layer: got[f"mean.{layer}"] for layer in layers}
-    clean_out = got[point]  # [1, pos, *]
     del got
-    clean_state = clean_out if not loss else None
-    clean = float(next_token_loss(clean_out, input_ids)[0]) if loss else 0.0
-    del clean_out
-
-    def metric(out: torch.Tensor) -> torch.Tensor:  # [batch] ; runs inside the hook
-        if loss:
-            return next_token_loss(out, input_ids.expand(out.shape[0], -1))
-        assert clean_state is not None
-        return final_state_change(out, clean_state)
-
     # layer-major, so that the rows of one pass share their lowest ablated layer
     jobs = [Ablation(k, layer, h) for layer in sorted(layers) for k in kinds for h in range(loaded.info.n_heads)]
+    if only is not None:
+        wanted = set(only)
+        jobs = [job for job in jobs if job in wanted]
     found: dict[Ablation, float] = {}
     n_passes = 1
     for first in range(0, len(jobs), batch_size):
         rows = jobs[first : first + batch_size]
         out = run_forward(
             loaded,
-            [Need(point, metric, name="ablated")],
+            [Need("final", metric, name="ablated")],
             input_ids=input_ids,
             patches=ablation_patches(loaded, rows, means),
         )
@@ -159,7 +202,7 @@ def head_importance(
         n_passes += 1
     effects = {}
     for kind in kinds:
-        grid = [[found[Ablation(kind, layer, h)] for h in range(loaded.info.n_heads)] for layer in layers]
+        grid = [[found.get(Ablation(kind, layer, h), np.nan) for h in range(loaded.info.n_heads)] for layer in layers]
         effects[kind] = (np.array(grid) - clean).astype(np.float32)  # [layer, head]
     return Importance(
         metric="next_token_loss" if loss else "final_state_change",
@@ -216,4 +259,40 @@ def head_attribution(
         clean=float(loss.detach()),
         effects={kind: np.stack(rows).astype(np.float32) for kind, rows in effects.items()},
         n_passes=1,
+    )
+
+
+def head_hybrid(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,  # [1, pos]
+    layers: Sequence[int],
+    kinds: Sequence[str],
+    batch_size: int,
+    top: int,
+) -> Importance:
+    """Attribution ranks every head; the ``top`` heads of each kind by the estimate's size are
+    then ablated exactly. Effects: exact where ``exact`` is True, the estimate elsewhere."""
+    estimate = head_attribution(loaded, input_ids, layers, kinds)
+    index = {layer: i for i, layer in enumerate(layers)}
+    chosen: list[Ablation] = []
+    for kind in kinds:
+        flat = np.abs(estimate.effects[kind]).ravel()
+        for i in np.argsort(-flat, kind="stable")[: max(0, top)]:
+            layer_i, head = divmod(int(i), loaded.info.n_heads)
+            chosen.append(Ablation(kind, layers[layer_i], head))
+    ablated = head_importance(loaded, input_ids, layers, kinds, batch_size, only=chosen)
+    effects, exact = {}, {}
+    for kind in kinds:
+        mask = np.zeros(estimate.effects[kind].shape, dtype=bool)
+        for a in chosen:
+            if a.kind == kind:
+                mask[index[a.layer], a.head] = True
+        effects[kind] = np.where(mask, ablated.effects[kind], estimate.effects[kind]).astype(np.float32)
+        exact[kind] = mask
+    return Importance(
+        metric=ablated.metric,
+        clean=ablated.clean,
+        effects=effects,
+        n_passes=estimate.n_passes + ablated.n_passes,
+        exact=exact,
     )

@@ -6,6 +6,8 @@ between steps (x - baseline, f(x), f(baseline)) is computed once, and the endpoi
 values ride along as two extra rows of the last gradient chunk when it has room
 (their gradients are dropped), so a short text costs one pass instead of two: on two
 busy cores a pass's fixed cost (a few hundred small ops) is what a short text pays.
+Without room they get a pass of their own, without gradients, holding only the unknown
+ones (the plugin knows f(input) from choosing the target token).
 """
 
 from __future__ import annotations
@@ -82,9 +84,10 @@ def integrated_gradients(
         # gradient . velocity per token, weighted: the path integral's per-token terms
         total += torch.einsum("c,cp->p", w, (grads.double() * velocity.double()).sum(-1))
         passes += 1
-    if f_input is None or f_baseline is None:  # no room in the last chunk: one pass of two rows
-        f_input, f_baseline = endpoint_values(objective, baseline)
+    if ends and not fold:  # no room in the last chunk: a pass, without gradients, of the unknown ones
+        f_input, f_baseline = _endpoints(objective.values(torch.cat(ends), batch_size=len(ends)), f_input, f_baseline)
         passes += 1
+    assert f_input is not None and f_baseline is not None
     scores = total
     delta = float(scores.sum()) - (f_input - f_baseline)
     return IntegratedRun(
