@@ -305,3 +305,22 @@ def test_the_loss_gives_the_lm_head_a_contiguous_input(tiny_models) -> None:
     finally:
         handle.remove()
     assert seen and all(seen)
+
+
+def test_hybrid_mode_through_analyze_marks_its_exact_heads(tiny_analyzer) -> None:
+    from lmlens.wire import to_json
+
+    analyzer = tiny_analyzer("llama")
+    exact = analyzer.analyze(TEXT, methods=["head_importance"]).methods["head_importance"]
+    params = {"head_importance": {"mode": "hybrid", "top": 3}}
+    result = analyzer.analyze(TEXT, methods=["head_importance"], params=params)
+    hi = result.methods["head_importance"]
+    assert hi.mode == "hybrid" and exact.exact_zero is None
+    for kind in ("zero", "mean"):
+        mask = np.array(getattr(hi, f"exact_{kind}"))
+        assert mask.shape == (2, 4) and mask.sum() == 3
+        np.testing.assert_allclose(getattr(hi, kind)[mask], getattr(exact, kind)[mask], atol=1e-5)
+    assert b'"exact_zero"' in to_json(result)  # the masks travel on the wire
+    with pytest.raises(InvalidParamsError) as info:
+        tiny_analyzer("bert").analyze(TEXT, methods=["head_importance"], params=params)
+    assert info.value.field == "params.head_importance.mode"

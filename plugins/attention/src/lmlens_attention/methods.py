@@ -278,8 +278,10 @@ class HeadImportanceParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     layers: list[int] | None = None  # None: every layer
     batch_size: int = 0  # ablated copies of the text per forward pass; 0: about 2048 tokens per pass
     # exact: one ablated copy of the text per (kind, layer, head); attribution: a first-order
-    # estimate from one forward and one backward pass (attribution patching), causal LMs only
-    mode: Literal["exact", "attribution"] = "exact"
+    # estimate from one forward and one backward pass (attribution patching), causal LMs only;
+    # hybrid: attribution ranks the heads, then the ``top`` heads of each kind are ablated exactly
+    mode: Literal["exact", "attribution", "hybrid"] = "exact"
+    top: int = 30  # hybrid: heads per kind ablated exactly
 
 
 class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importance"):
@@ -291,6 +293,9 @@ class HeadImportanceResult(Result, frozen=True, kw_only=True, tag="head_importan
     mean: Float32Array | None  # [layer, head]: metric with the head's output replaced by its mean
     n_passes: int  # forward passes used, the clean one included (attribution: 1, with its backward)
     mode: str = "exact"  # "attribution": zero and mean are first-order estimates
+    # hybrid: [layer, head] True where the value is an exact ablation (else the estimate)
+    exact_zero: list[list[bool]] | None = None
+    exact_mean: list[list[bool]] | None = None
 
 
 def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence[Need]:
@@ -298,9 +303,10 @@ def _importance_needs(info: ModelInfo, params: HeadImportanceParams) -> Sequence
     check_range(params.batch_size, 0, 512, "batch_size", "head_importance")
     if not params.ablations:
         raise InvalidParamsError("ask for at least one ablation", field="params.head_importance.ablations")
-    if params.mode == "attribution" and not (info.causal and info.has_lm_head):
+    check_range(params.top, 0, 100000, "top", "head_importance")
+    if params.mode != "exact" and not (info.causal and info.has_lm_head):
         raise InvalidParamsError(
-            'mode "attribution" estimates the change of the next-token loss and needs a causal language '
+            f'mode "{params.mode}" estimates the change of the next-token loss and needs a causal language '
             'model; use mode "exact" for this model',
             field="params.head_importance.mode",
         )
@@ -313,6 +319,8 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
     kinds = list(dict.fromkeys(params.ablations))
     if params.mode == "attribution":
         found = importance.head_attribution(trace.model, trace.input_ids, layers, kinds)
+    elif params.mode == "hybrid":
+        found = importance.head_hybrid(trace.model, trace.input_ids, layers, kinds, params.batch_size, params.top)
     else:
         found = importance.head_importance(trace.model, trace.input_ids, layers, kinds, params.batch_size)
     return HeadImportanceResult(
@@ -324,13 +332,16 @@ def _importance_run(trace: Trace, params: HeadImportanceParams) -> HeadImportanc
         mean=found.effects.get("mean"),
         n_passes=found.n_passes,
         mode=params.mode,
+        exact_zero=found.exact["zero"].tolist() if found.exact and "zero" in found.exact else None,
+        exact_mean=found.exact["mean"].tolist() if found.exact and "mean" in found.exact else None,
     )
 
 
 HEAD_IMPORTANCE = Method(
     name="head_importance",
     description="effect of each head on the loss over the text, by zero and mean ablation "
-    "in batched passes, or estimated from one forward and one backward pass (mode attribution)",
+    "in batched passes, estimated from one forward and one backward pass (mode attribution), "
+    "or estimated and then exact for the top heads (mode hybrid)",
     params=HeadImportanceParams,
     result=HeadImportanceResult,
     needs=_importance_needs,
