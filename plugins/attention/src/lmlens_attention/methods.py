@@ -166,6 +166,7 @@ ATTENTION = Method(
     plan=_attention_plan,
     run=_attention_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
     tags=("default",),
 )
 
@@ -257,6 +258,7 @@ HEAD_PATTERNS = Method(
     needs=_head_patterns_needs,
     run=_head_patterns_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 
@@ -326,6 +328,7 @@ HEAD_IMPORTANCE = Method(
     needs=_importance_needs,
     run=_importance_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 
@@ -395,6 +398,7 @@ ATTENTION_ROLLOUT = Method(
     needs=_rollout_needs,
     run=_rollout_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 METHODS = (ATTENTION, HEAD_PATTERNS, HEAD_IMPORTANCE, ATTENTION_ROLLOUT)
