@@ -245,3 +245,11 @@ def test_analyze_batch_job_names_the_bad_text_by_its_job_index(make_analyzer) ->
     with pytest.raises(EmptyTextError) as caught:
         ANALYZE_BATCH.run(params, Context())
     assert caught.value.field == "texts[3]"
+
+
+@pytest.mark.parametrize("size", [0, 65, "8"])
+def test_analyze_batch_job_refuses_a_bad_batch_size_at_submission(make_analyzer, size) -> None:
+    from lmlens.errors import InvalidParamsError
+
+    with pytest.raises(InvalidParamsError, match="batch_size"):
+        make_analyzer("gpt2").submit("analyze_batch", {"texts": ["a"], "batch_size": size})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from lmlens import wire
 from lmlens.batching import DEFAULT_BATCH_SIZE
-from lmlens.errors import InvalidParamsError, LmlensError
+from lmlens.errors import LmlensError
 from lmlens.hookspecs import hookimpl
 from lmlens.jobs import Job, JobContext
 
@@ -23,13 +23,11 @@ class AnalyzeBatchParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     params: dict[str, dict[str, Any]] = {}
     model: str | None = None
     # texts of similar length per padded pass when every method is batchable; 1: one by one
-    batch_size: int = msgspec.field(default=DEFAULT_BATCH_SIZE)
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_JOB_BATCH_SIZE)] = DEFAULT_BATCH_SIZE
 
 
 def analyze_batch(params: AnalyzeBatchParams, context: JobContext) -> list[Any]:
     """Each finished text is recorded, so a retried batch resumes where it stopped."""
-    if not 1 <= params.batch_size <= MAX_JOB_BATCH_SIZE:
-        raise InvalidParamsError(f"batch_size must be between 1 and {MAX_JOB_BATCH_SIZE}", field="batch_size")
     done = context.done_items()
     total = len(params.texts)
     todo = [i for i in range(total) if i not in done]
