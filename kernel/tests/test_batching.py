@@ -225,8 +225,12 @@ def test_analyze_batch_job_batches_and_resumes(make_analyzer) -> None:
             np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-5)
 
 
-def test_analyze_batch_job_names_the_bad_text_by_its_job_index(make_analyzer) -> None:
+@pytest.mark.parametrize("window", [256, 1])
+def test_analyze_batch_job_names_the_bad_text_by_its_job_index(make_analyzer, monkeypatch, window) -> None:
+    from lmlens.default_plugins import jobs
     from lmlens.default_plugins.jobs import ANALYZE_BATCH, AnalyzeBatchParams
+
+    monkeypatch.setattr(jobs, "WINDOW", window)
 
     analyzer = make_analyzer("gpt2")
 
@@ -238,13 +242,15 @@ def test_analyze_batch_job_names_the_bad_text_by_its_job_index(make_analyzer) ->
             return {0: b"", 1: b""}  # the first two were done by an earlier attempt
 
         def item_done(self, index, value):
-            raise AssertionError("nothing may run")
+            recorded.append(index)
 
+    recorded: list[int] = []
     Context.analyzer = analyzer
     params = AnalyzeBatchParams(texts=["a", "b", "c", ""], methods=["dump"])
     with pytest.raises(EmptyTextError) as caught:
         ANALYZE_BATCH.run(params, Context())
     assert caught.value.field == "texts[3]"
+    assert recorded == ([] if window == 256 else [2])  # one window at a time: "c" finished first
 
 
 @pytest.mark.parametrize("size", [0, 65, "8"])

@@ -15,6 +15,7 @@ from lmlens.hookspecs import hookimpl
 from lmlens.jobs import Job, JobContext
 
 MAX_JOB_BATCH_SIZE = 64
+WINDOW = 256  # pending texts prepared and analysed together
 
 
 class AnalyzeBatchParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,20 +40,22 @@ def analyze_batch(params: AnalyzeBatchParams, context: JobContext) -> list[Any]:
         done[index] = encoded
         context.progress(len(done) / total, f"analysed {len(done)} of {total} texts")  # raises if cancelled
 
-    if todo:
+    # windows of pending texts: grouped by length within a window; a window's requests and
+    # results (full attention maps, say) are all that is held at once
+    for first in range(0, len(todo), WINDOW):
         try:
             context.analyzer.analyze_batch(
-                [params.texts[i] for i in todo],
+                [params.texts[i] for i in todo[first : first + WINDOW]],
                 methods=params.methods or None,
                 params=params.params,
                 model=params.model,
                 batch_size=params.batch_size,
-                on_result=finished,
+                on_result=lambda position, result, first=first: finished(first + position, result),
             )
-        except LmlensError as exc:  # name the text by its index in the job, not among the pending ones
+        except LmlensError as exc:  # name the text by its index in the job
             found = re.fullmatch(r"texts\[(\d+)\]", exc.field or "")
             if found:
-                exc.field = f"texts[{todo[int(found.group(1))]}]"
+                exc.field = f"texts[{todo[first + int(found.group(1))]}]"
             raise
     return [msgspec.msgpack.decode(done[i]) for i in range(total)]
 
