@@ -72,7 +72,7 @@ def make_analyzer(tiny_models, tmp_path):
     host.register(Dumps(), "dumps")
 
     def make(family: str, cache: bool = False) -> Analyzer:
-        settings = Settings(cache_dir=str(tmp_path), max_sequence_length=128)
+        settings = Settings(cache_dir=str(tmp_path), max_sequence_length=512)
         return Analyzer(tiny_models[family], settings=settings, plugins=host,
                         cache=MemoryCache(100) if cache else None)
 
@@ -177,6 +177,14 @@ def test_analyze_batch_reads_and_fills_the_cache(make_analyzer) -> None:
     assert passes.shapes == [] and sorted(seen) == [0, 1, 2]
     assert all(r.cached for r in again) and not any(r.cached for r in first)
     assert analyzer.analyze(TEXTS[1], methods=["dump"], params={"dump": {"logits": False}}).cached
+
+
+def test_a_padded_pass_holds_no_more_tokens_than_one_text_may(make_analyzer) -> None:
+    analyzer = make_analyzer("gpt2")  # MAX_SEQUENCE_LENGTH 512 here
+    texts = ["x" * 100] * 8
+    with Passes(analyzer) as passes:
+        analyzer.analyze_batch(texts, methods=["dump"], batch_size=8, max_tokens=10_000)
+    assert passes.shapes == [(5, 100), (3, 100)]
 
 
 def test_analyze_batch_refuses_before_any_pass(make_analyzer) -> None:

@@ -342,7 +342,8 @@ class Analyzer:
 
         Every text is prepared (validated, planned) before any model work. Texts whose
         methods are all ``batchable`` share padded passes of up to ``batch_size`` texts of
-        similar length (at most ``max_tokens`` padded tokens); each result equals
+        similar length (at most ``max_tokens`` padded tokens, and no more than one text may
+        have: MAX_SEQUENCE_LENGTH and the model's positions); each result equals
         ``analyze(text)`` to float32 tolerance. ``batch_size=1`` analyses text by text.
         ``on_result(index, result)`` is called as each result is ready (cached ones first).
         """
@@ -389,12 +390,14 @@ class Analyzer:
             self._flops_per_second[loaded.name] = flops / max(seconds, 1e-6)
 
         if pending:
+            loaded = requests[pending[0]].loaded
             run_many(
                 [requests[i] for i in pending],
                 cache=self.cache,
-                resolve_artifact=self._artifact_resolver(requests[pending[0]].loaded),
+                resolve_artifact=self._artifact_resolver(loaded),
                 batch_size=batch_size,
-                max_tokens=max_tokens,
+                # a padded pass never holds more tokens than one text may have
+                max_tokens=min(max_tokens, self.token_limit(loaded)),
                 on_forward=measured,
                 on_result=finished,
             )
