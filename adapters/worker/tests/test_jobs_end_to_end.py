@@ -53,6 +53,28 @@ def test_analyzer_submit_goes_to_the_workers(queue, redis_server, test_plugins, 
     assert (status["status"], status["progress"], status["attempts"]) == ("done", 1.0, 1)
 
 
+def test_a_padded_batch_job_equals_analysing_each_text_here(queue, redis_server, test_plugins,
+                                                           start_worker) -> None:
+    import numpy as np
+
+    start_worker(worker_env(redis_server.url, test_plugins))
+    texts = ["a", "mid length text", *TEXTS[:4], "the longest text of this batch, by some margin"]
+    params = {"attention": {"patterns": True, "top_k": 2}}
+    job = {"texts": texts, "methods": ["attention"], "params": params, "model": "tiny-gpt2"}
+    batched = queue.result(queue.submit("analyze_batch", {**job, "batch_size": 4}), timeout=120)
+    one_by_one = queue.result(queue.submit("analyze_batch", {**job, "batch_size": 1}), timeout=120)
+    here = Analyzer("tiny-gpt2")
+    for text, a, b in zip(texts, batched, one_by_one, strict=True):
+        alone = here.analyze(text, methods=["attention"], params=params, use_cache=False).methods["attention"]
+        for got in (a, b):
+            assert got["text"] == text
+            att = got["methods"]["attention"]
+            for field in ("patterns", "entropy", "sink_mass", "mean_distance", "top_weights"):
+                np.testing.assert_allclose(np.asarray(att[field]), getattr(alone, field), atol=1e-5, err_msg=field)
+    assert {r["timings_ms"].get("forward_batch") is not None for r in batched} == {True}
+    assert {r["timings_ms"].get("forward_batch") is None for r in one_by_one} == {True}
+
+
 def test_a_killed_worker_s_job_is_redelivered_and_resumes(queue, redis_server, test_plugins, start_worker) -> None:
     env = worker_env(redis_server.url, test_plugins)
     first = start_worker(env)
