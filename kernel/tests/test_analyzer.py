@@ -234,7 +234,8 @@ def test_no_patterns_needed_runs_sdpa(analyzer) -> None:
     analyzer.analyze("sdpa", methods=["resid_norm"])
     assert analyzer.model.model.config._attn_implementation == "sdpa"
     analyzer.analyze("eager", methods=["attention"])
-    assert analyzer.model.model.config._attn_implementation == "eager"
+    eager = "lmlens_eager" if analyzer.model.info.family == "llama" else "eager"  # lmlens.eager.FAMILIES
+    assert analyzer.model.model.config._attn_implementation == eager
 
 
 

@@ -48,7 +48,7 @@ class TwoMethods:
             register(
                 Method(
                     name=name, description="", params=P, result=result,
-                    needs=lambda i, p: [], run=_run(result), plan=_plan(name),
+                    run=_run(result), plan=_plan(name),  # no needs: the plan gives them
                 )
             )
 
@@ -142,3 +142,8 @@ def test_visualize_attention_without_the_attention_plugin_is_unknown_method(tiny
     bare = Analyzer(tiny_models["gpt2"], settings=Settings(cache_dir=str(tmp_path)), plugins=PluginHost(load=[]))
     with pytest.raises(UnknownMethodError, match="lmlens-attention"):
         bare.visualize_attention(object())  # type: ignore[arg-type]
+
+
+def test_a_method_needs_a_plan_or_needs() -> None:
+    with pytest.raises(TypeError, match="neither needs nor plan"):
+        Method(name="empty", description="", params=P, result=R_A, run=_run(R_A))

@@ -11,6 +11,11 @@ server's drawing; the rest is transfer, BokehJS and painting in the browser.
 
     python adapters/dashboard/bench/bench_dashboard.py [--model smollm2-135m] [--sizes 128 512]
            [--repeats 3] [--docs-screenshot docs/dashboard.png]
+
+With ``--document 2000`` (tokens) it also uploads a document of that length through the
+FileInput, presses "Analyse document" (the in-process queue: no REDIS_URL) and times the
+first window in the window selector, its heatmap rendered, and the last window (the
+progress bar at n / n); ``--sizes`` with no value skips the per-text rows.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from urllib.parse import urlencode
 from lmlens import Analyzer
 from lmlens_dashboard.backend import InProcessBackend
 from lmlens_dashboard.server import running
-from lmlens_dashboard.testing import MODEL, choose, chromium, click, image, prop, screenshot, wait
+from lmlens_dashboard.testing import MODEL, choose, chromium, click, image, inner, prop, screenshot, wait
 
 ROOT = Path(__file__).resolve().parents[3]
 PARAGRAPH = (
@@ -130,6 +135,54 @@ def docs_picture(driver: Any, url: str, args: Any, path: Path) -> None:
     path.with_suffix(".full.png").unlink()
 
 
+def document_bench(driver: Any, url: str, analyzer: Analyzer, n_tokens: int, window: int, path: Path) -> dict[str, Any]:
+    """One upload of an ``n_tokens`` document: seconds from the click to the first window
+    listed, to its heatmap painted, and to the last window (bar at n / n)."""
+    text, n = text_of(analyzer, n_tokens)
+    path.write_text(text, encoding="utf-8")
+    driver.get(url + "/")
+    wait(driver, lambda d: prop(d, "analyse", "label") == "Analyse")
+    inner(driver, ".lmlens-upload", "input[type=file]").send_keys(str(path))
+    wait(driver, lambda d: prop(d, "analyse-document", "disabled") is False)
+    choose(driver, ".lmlens-window-size", str(window))
+    start = time.perf_counter()
+    click(driver, ".lmlens-analyse-document")
+    marks: dict[str, float] = {}
+    total = 0
+
+    def progress(d: Any) -> bool:
+        nonlocal total
+        error = prop(d, "error-upload", "text")
+        if prop(d, "error-upload", "visible"):
+            raise RuntimeError(f"the job failed: {error}")
+        now = time.perf_counter() - start
+        if "first" not in marks and len(prop(d, "job-window", "options") or []) >= 1:
+            marks["first"] = now
+        found = image(d, "panel-attention-0")
+        if "heatmap" not in marks and found and found["painted"] and found["shape"] == [window, window]:
+            marks["heatmap"] = now
+        done, total = prop(d, "job-progress", "tags") or [0, 0]
+        if total and done == total and "last" not in marks:
+            marks["last"] = now
+        return {"first", "heatmap", "last"} <= marks.keys()
+
+    wait(driver, progress, timeout=1800, message="the document job did not finish")
+    screenshot(driver, None, path.with_suffix(".png"))
+    return {"tokens": n, "windows": total, "window": window, **marks, "page": prop(driver, "job-progress", "text")}
+
+
+def print_rows(args: Any, info: Any, load: float, rows: list[Any]) -> None:
+    print(f"\nmodel {args.model} ({info.n_layers} layers x {info.n_heads} heads), median of {args.repeats}, "
+          f"in-process backend, headless Chromium, {os.cpu_count()} cores, load average {load:.1f}")
+    print("| tokens | Analyse -> rendered heatmap | model (the two passes) | drawing in the server "
+          "| transfer + BokehJS + paint | head switch -> redrawn | bytes to browser (analysis) | bytes from browser "
+          "| full [layer, head, q, k] float32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, a, m, d, b, s, r, p, f in rows:
+        print(f"| {n} | {a:.2f} s | {m:.2f} s | {d:.2f} s | {b:.2f} s | {s:.2f} s | {size(r)} | {size(p)} "
+              f"| {size(f)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -138,6 +191,9 @@ def main() -> None:
     parser.add_argument("--docs-screenshot", default=None, help="also save the README's picture here")
     parser.add_argument("--docs-layer", type=int, default=3)
     parser.add_argument("--docs-head", type=int, default=0)
+    parser.add_argument("--document", type=int, default=None, metavar="TOKENS",
+                        help="also time an uploaded document of this many tokens through the job queue")
+    parser.add_argument("--document-window", type=int, default=512, help="tokens per window for --document")
     args = parser.parse_args()
 
     analyzer = Analyzer(args.model)
@@ -193,16 +249,26 @@ def main() -> None:
                   f"{[round(x, 2) for x in switch]} s, received {received} B", flush=True)
         if args.docs_screenshot:
             docs_picture(driver, server.url, args, ROOT / args.docs_screenshot)
+        document = None
+        if args.document:
+            load_before = os.getloadavg()[0]
+            cpu = time.process_time()
+            document = document_bench(driver, server.url, analyzer, args.document, args.document_window,
+                                      shots / f"bench-document-{args.model}-{args.document}.txt")
+            document["cpu"] = time.process_time() - cpu
+            document["load"] = (load_before, os.getloadavg()[0])
     load = os.getloadavg()[0]
-    print(f"\nmodel {args.model} ({info.n_layers} layers x {info.n_heads} heads), median of {args.repeats}, "
-          f"in-process backend, headless Chromium, {os.cpu_count()} cores, load average {load:.1f}")
-    print("| tokens | Analyse -> rendered heatmap | model (the two passes) | drawing in the server "
-          "| transfer + BokehJS + paint | head switch -> redrawn | bytes to browser (analysis) | bytes from browser "
-          "| full [layer, head, q, k] float32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, a, m, d, b, s, r, p, f in rows:
-        print(f"| {n} | {a:.2f} s | {m:.2f} s | {d:.2f} s | {b:.2f} s | {s:.2f} s | {size(r)} | {size(p)} "
-              f"| {size(f)} |")
+    if rows:
+        print_rows(args, info, load, rows)
+    if document is not None:
+        print(f"\nuploaded document: {document['tokens']} tokens, {document['windows']} windows of "
+              f"{document['window']} (stride {document['window'] // 2}), attention, local queue; load average "
+              f"{document['load'][0]:.1f} before, {document['load'][1]:.1f} after; this process's CPU "
+              f"{document['cpu']:.1f} s")
+        print("| click -> first window listed | -> its heatmap painted | -> last window (bar at 100%) |")
+        print("|---|---|---|")
+        print(f"| {document['first']:.2f} s | {document['heatmap']:.2f} s | {document['last']:.2f} s |")
+        print(f"the page's own line: {re.sub('<[^>]+>', ' ', document['page']).split('windows (100%)')[-1].strip()}")
 
 
 if __name__ == "__main__":

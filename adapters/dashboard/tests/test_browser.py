@@ -9,7 +9,19 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import numpy as np
 
 from lmlens import Analyzer
-from lmlens_dashboard.testing import children, choose, click, find, image, inner, prop, screenshot, type_text, wait
+from lmlens_dashboard.testing import (
+    children,
+    choose,
+    click,
+    find,
+    image,
+    inner,
+    prop,
+    screenshot,
+    tap_glyph,
+    type_text,
+    wait,
+)
 
 MODEL = "tiny-gpt2"
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "out" / "screenshots"
@@ -145,3 +157,86 @@ def test_lost_api_connection_offers_a_retry(driver: Any, monkeypatch: Any, full_
             wait(driver, done, message="retry did not analyse")
             assert not prop(driver, "retry", "visible")
             assert image(driver, "panel-attention-0") is not None
+
+
+def test_tapping_a_feature_in_the_sae_strip_opens_its_card(driver: Any) -> None:
+    """SAE, failure and anomaly panels; a mouse click on a cell of the strip opens that feature's card."""
+    from lmlens.plugins import PluginHost
+    from lmlens_dashboard.backend import InProcessBackend
+    from lmlens_dashboard.server import running
+
+    host = PluginHost(load=["sae", "failure", "anomaly"])
+    reference = Analyzer(MODEL, plugins=host)
+    backend = InProcessBackend(Analyzer(MODEL, plugins=host), models=[MODEL])
+    backend.warm()
+    overview = reference.analyze(TEXT, ["sae_features", "failure"], {"failure": {"top_k": 32}})
+    feature = overview.methods["sae_features"].top_features[2].feature
+    with running({"/": backend}) as server:
+        query = urlencode({"text": TEXT, "model": MODEL, "methods": "sae_features,failure,anomaly"})
+        open_page(driver, f"{server.url}/?{query}")
+        wait(driver, done, message="the analysis did not finish")
+        assert prop(driver, "sae-card", "tags") is None  # no card before a click
+        gauge = prop(driver, "failure-gauge", "data")
+        assert abs(gauge["value"][0] - overview.methods["failure"].failure_probability) < 1e-9
+        assert prop(driver, "anomaly-gauge", "data")["threshold"][0] > 0
+        screenshot(driver, None, SCREENSHOTS / "07-sae-failure-anomaly.png")
+
+        features = prop(driver, "sae-strip", "data")["feature"]
+        cells = [i for i, f in enumerate(features) if f == feature]
+        tap_glyph(driver, "sae-strip", cells[len(cells) // 2])
+        wait(driver, lambda d: prop(d, "sae-card", "tags") == [feature],
+             message=f"the card of feature {feature} did not open")
+        heading = driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('sae-card').children[0].text;")
+        assert f"feature {feature} " in heading
+        card = wait(driver, lambda d: find(d, ".sae-card"), message="the card is not in the page")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", card)
+        wait(driver, lambda d: "activation histogram" in (card.text or "") or card.size["height"] > 200)
+        picture = screenshot(driver, None, SCREENSHOTS / "08-sae-feature-card.png")
+        assert colours(picture) > 30 and card.size["height"] > 200
+        assert f"feature {feature}" in card.text  # the card's heading as the browser shows it
+
+
+DOCUMENT = " ".join(f"Line {i}: the cat sat on mat number {i}, and then it slept." for i in range(6))
+
+
+def test_uploaded_document_follows_its_job_window_by_window(driver: Any, dash: Any, tmp_path: Path) -> None:
+    """A file through the FileInput, analysed on the in-process queue: the bar reaches 100%,
+    every window is listed, a window's heatmap renders, and a reload follows the same job."""
+    path = tmp_path / "document.txt"
+    path.write_text(DOCUMENT, encoding="utf-8")
+    open_page(driver, dash.url + "/")
+    inner(driver, ".lmlens-upload", "input[type=file]").send_keys(str(path))
+    wait(driver, lambda d: prop(d, "analyse-document", "disabled") is False, message="the upload was not read")
+    assert f"{len(DOCUMENT):,} characters" in prop(driver, "upload-note", "text")
+    choose(driver, ".lmlens-window-size", "64")
+    click(driver, ".lmlens-analyse-document")
+
+    def finished(d: Any) -> Any:
+        tags = prop(d, "job-progress", "tags") or [0, 0]
+        return tags[1] and tags[0] == tags[1] and "done" in (prop(d, "job-progress", "text") or "") and tags
+
+    done_windows, total = wait(driver, finished, message="the job did not finish")
+    assert total > 2 and "100%" in prop(driver, "job-progress", "text")
+    assert len(prop(driver, "job-window", "options")) == total
+    shown = wait(driver, lambda d: (i := image(d, "panel-attention-0")) and i["painted"] and i,
+                 message="no heatmap for the first window")
+    assert shown["shape"] == [64, 64]
+    bar = screenshot(driver, ".lmlens-job-progress", SCREENSHOTS / "09-document-progress.png")
+    assert colours(bar) > 3  # the filled bar, its track and the text
+    heatmap = screenshot(driver, ".lmlens-panel-attention-0", SCREENSHOTS / "10-document-window.png")
+    assert colours(heatmap) > 30
+    screenshot(driver, None, SCREENSHOTS / "11-document-page.png")
+
+    # another window, then a reload: the address names the job, and the page follows it again
+    from selenium.webdriver.support.ui import Select  # the options are (value, label): BokehJS shows labels
+
+    last = prop(driver, "job-window", "options")[-1]
+    Select(inner(driver, ".lmlens-job-window", "select")).select_by_visible_text(last[1])
+    wait(driver, lambda d: (prop(d, "status", "text") or "").startswith(f"window {total} of {total}"),
+         message="the last window was not drawn")
+    query = parse_qs(urlparse(driver.current_url).query)
+    assert len(query["job"][0]) == 32 and query["methods"] == ["attention"]
+    driver.get(driver.current_url)
+    again = wait(driver, finished, message="the reloaded page did not follow the job")
+    assert list(again) == [done_windows, total]

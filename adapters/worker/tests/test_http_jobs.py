@@ -90,3 +90,39 @@ def test_a_large_batch_becomes_a_job_and_the_websocket_follows_it(server, redis_
         assert all(e["data"]["stage"] == "job" for e in events[:-1]) and events[-2]["data"]["fraction"] == 1.0
         ws.send(json.dumps({"type": "follow", "job": "missing"}))
         assert json.loads(ws.recv(timeout=30))["data"]["code"] == "unknown_job"  # and the socket stays usable
+
+
+def test_job_items_route_checks_before_redis(server) -> None:
+    unknown = "0123456789abcdef0123456789abcdef"
+    with server.client() as client:
+        bad_start = client.get(f"/jobs/{unknown}/items/-1")
+        too_far = client.get(f"/jobs/{unknown}/items/{2**31}")
+        missing = client.get(f"/jobs/{unknown}/items/0")
+    assert bad_start.status_code == 422 and bad_start.json()["code"] == "invalid_params"
+    assert bad_start.json()["field"] == "start"
+    assert too_far.status_code == 422 and too_far.json()["code"] == "invalid_params"
+    assert missing.status_code == 404 and missing.json()["code"] == "unknown_job"
+
+
+def test_document_job_items_arrive_in_order_over_http(server, redis_server, test_plugins, start_worker) -> None:
+    start_worker(worker_env(redis_server.url, test_plugins))
+    text = " ".join(f"Line {i}: the cat sat on mat number {i}." for i in range(5))
+    with server.client() as client:
+        refused = client.post("/jobs", json={"kind": "analyze_document", "params": {"text": "  "}})
+        assert refused.status_code == 400 and refused.json()["code"] == "empty_text", refused.text
+        assert refused.json()["field"] == "params.text"
+        accepted = client.post("/jobs", json={"kind": "analyze_document", "params": {
+            "text": text, "model": "tiny-gpt2", "methods": ["attention"], "window_size": 48}})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json()["status"] == "done", 120, "the document job")
+        state = client.get(f"/jobs/{job_id}").json()
+        n = len(state["result"]["windows"])
+        first = client.get(f"/jobs/{job_id}/items/0").json()
+        rest = client.get(f"/jobs/{job_id}/items/{first['next'] - 1}").json()
+    assert n > 2 and state["progress"] == 1.0
+    assert [item["index"] for item in first["items"]] == list(range(n)) and first["next"] == n
+    assert [item["value"]["window"]["index"] for item in first["items"]] == list(range(n))
+    # the service's defaults for /analyze apply: per-head summaries, no [layer, head, q, k] maps
+    assert all(item["value"]["result"]["methods"]["attention"]["patterns"] is None for item in first["items"])
+    assert [item["index"] for item in rest["items"]] == [n - 1]

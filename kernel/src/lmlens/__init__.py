@@ -9,6 +9,7 @@ internal.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from lmlens import _openmp  # noqa: F401  (first: it must run before torch is imported)
 from lmlens.analyzer import Analyzer
 from lmlens.artifacts import (
     Artifact,

@@ -112,6 +112,7 @@ def _row_need(need: Need, key: str, row: int, n: int) -> Need:
         part = row_slice(need.point, tensor, row, n).contiguous()
         return part if reducer is None else reducer(part)
 
+    # no ``into`` hint: a map computed in place for one text cannot hold a batch's rows
     return Need(need.point, take, name=key, keeps=need.keeps)
 
 

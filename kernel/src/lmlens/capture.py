@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lmlens.architectures import HookTarget, ModuleMap, Tap
 from lmlens.cancel import check_current, current
+from lmlens.eager import DESTINATION
 from lmlens.errors import InvalidParamsError
 
 if TYPE_CHECKING:
@@ -37,12 +38,19 @@ class Need:
     name, so give reduced needs a name of their own (``"blocks.3.attn.entropy"``).
     ``keeps`` tells the memory estimate what share of the point's tensor the reducer
     keeps (1.0 for a copy, 0.5 for half the heads); ``None`` means a small summary.
+
+    ``into(shape)`` is a hint for ``blocks.{i}.attn.pattern``: a tensor of that shape
+    (or ``None``) where the model may compute the map itself, so a reducer that keeps
+    the map finds it already in place (``tensor.data_ptr()`` tells) and copies nothing.
+    Only the families ``lmlens.eager`` reproduces take the hint; for the others the
+    reducer gets the model's own tensor, as without it.
     """
 
     point: str
     reducer: Reducer | None = None
     name: str | None = None
     keeps: float | None = None
+    into: Callable[[torch.Size], torch.Tensor | None] | None = None
 
     @property
     def key(self) -> str:
@@ -123,6 +131,7 @@ class Capture:
         self.stop_early = stop_early
         self._pending: set[str] = set()
         self._handles: list[RemovableHandle] = []
+        self._destinations: list[torch.nn.Module] = []
 
     @property
     def needs_patterns(self) -> bool:
@@ -138,6 +147,7 @@ class Capture:
         try:
             for point in dict.fromkeys([*self.patches, *self.by_point]):
                 self._install(point, self.modules.resolve(point))
+            self._set_destinations()
             if current() is not None:  # cancellation: check before every block
                 for block in self.modules.blocks:
                     self._handles.append(block.register_forward_pre_hook(lambda m, a: check_current()))
@@ -153,6 +163,20 @@ class Capture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module in self._destinations:
+            if hasattr(module, DESTINATION):
+                delattr(module, DESTINATION)
+        self._destinations.clear()
+
+    def _set_destinations(self) -> None:
+        """Hand each pattern point's ``into`` hint to its attention module for this pass."""
+        for point, needs in self.by_point.items():
+            into = next((need.into for need in needs if need.into is not None), None)
+            if into is None or not point.endswith(".attn.pattern"):
+                continue
+            module = self.modules.resolve(point).module
+            setattr(module, DESTINATION, into)
+            self._destinations.append(module)
 
     def _install(self, point: str, target: HookTarget) -> None:
         needs = self.by_point.get(point, [])

@@ -60,7 +60,7 @@ class Plan:
     state: Any = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
     """An analysis method a plugin offers.
 
@@ -89,8 +89,9 @@ class Method:
     description: str
     params: type[msgspec.Struct]
     result: type[Result]
-    needs: Callable[[ModelInfo, Any], Sequence[Need]]
     run: Callable[[Trace, Any], Result]
+    # needs(info, params) -> [Need]; optional when ``plan`` is given
+    needs: Callable[[ModelInfo, Any], Sequence[Need]] | None = None
     version: str = "0"
     tags: tuple[str, ...] = field(default_factory=tuple)
     token_fields: Mapping[str, int] = field(default_factory=dict)
@@ -105,7 +106,12 @@ class Method:
     # the shared-pass needs may come from a padded batch of texts (see above)
     batchable: bool = False
 
+    def __post_init__(self) -> None:
+        if self.needs is None and self.plan is None:
+            raise TypeError(f"method {self.name!r} gives neither needs nor plan")
+
     def make_plan(self, info: ModelInfo, params: Any) -> Plan:
         if self.plan is not None:
             return self.plan(info, params)
+        assert self.needs is not None, "checked in __post_init__"
         return Plan(needs=tuple(self.needs(info, params)))

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lmlens import eager as eager_attention
 from lmlens.architectures import Architecture, ModuleMap, find_architecture
 from lmlens.errors import DeviceUnavailableError, ModelLoadError, ModelNotInstalledError, UnknownModelError
 
@@ -154,8 +155,15 @@ class LoadedModel:
         return self.model.get_submodule(prefix) if prefix else self.model
 
     def set_eager_attention(self, eager: bool) -> None:
-        """Patterns exist only in eager attention; SDPA is faster when none are needed."""
+        """Patterns exist only in eager attention; SDPA is faster when none are needed.
+
+        For the families ``lmlens.eager`` reproduces, "eager" is its ``lmlens_eager``,
+        which writes each map straight into a buffer a need gives (no copy).
+        """
         want = "eager" if eager else "sdpa"
+        if eager and eager_attention.supports(self.model):
+            eager_attention.register()
+            want = eager_attention.NAME
         config: Any = self.model.config
         if getattr(config, "_attn_implementation", None) == want:
             return

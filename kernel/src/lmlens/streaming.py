@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -111,11 +111,15 @@ class DocumentStream:
         return len(self.windows)
 
     def __iter__(self) -> Iterator[WindowResult]:
-        return self._run()
+        return self.run()
 
-    def _run(self) -> Iterator[WindowResult]:
+    def run(self, skip: Container[int] = ()) -> Iterator[WindowResult]:
+        """The windows in order, leaving out those whose index is in ``skip`` (a job that
+        resumes after a crash skips the windows it recorded)."""
         tokenizer = self.loaded.tokenizer
         for window in self.windows:
+            if window.index in skip:
+                continue
             if self.progress is not None:
                 self.progress("window", f"{window.index + 1}/{len(self.windows)}")
             ids = self.prefix + self.ids[window.start : window.end] + self.suffix

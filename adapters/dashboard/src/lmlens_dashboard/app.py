@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import bokeh.plotting  # noqa: F401  # loaded with the page, not on the first drawing
+import msgspec
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import EMPTY_LAYOUT
 from bokeh.document import Document
@@ -28,6 +29,7 @@ from bokeh.layouts import column, row
 from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit lazily exported models
     Button,
     CheckboxGroup,
+    ColumnDataSource,
     CustomJS,
     Div,
     Select,
@@ -37,6 +39,7 @@ from bokeh.models import (  # type: ignore[attr-defined]  # bokeh's stubs omit l
 from lmlens.wire import AnalysisResult
 from lmlens_dashboard import contract
 from lmlens_dashboard.backend import Backend, Catalogue, ConnectionLost, ServiceError
+from lmlens_dashboard.upload import DocumentJobs
 
 log = logging.getLogger("lmlens_dashboard")
 silence(EMPTY_LAYOUT, True)  # sections and panel holders start empty and fill as results arrive
@@ -131,14 +134,16 @@ class Page:
                                                              self.methods_note, self.methods_error)),
             row(self.analyse, self.retry, self.status), self.error, self.share,
         )
+        self.documents = DocumentJobs(self)
         doc.title = "lmlens dashboard"
-        doc.add_root(column(form, self.panels, name="root"))
+        doc.add_root(column(form, self.documents.root, self.panels, name="root"))
 
         arguments: Mapping[str, list[bytes]] = {}
         http_request = getattr(doc.session_context, "request", None)  # None outside a server session
         if http_request is not None:
             arguments = http_request.arguments
         self.load_catalogue(arguments)
+        self.documents.resume(arguments)
 
     @staticmethod
     def _error_div(name: str) -> Div:
@@ -294,13 +299,15 @@ class Page:
         self.later(self._show, generation, request, overviews, plans, drawings, self._timings(start))
 
     def _plan(self, method: str, overview: AnalysisResult) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-        """The selectors for ``method`` and the options to draw with (kept from before when still valid)."""
+        """The selectors for ``method`` and the options to draw with (kept from before when still valid;
+        options set by a selection in the drawing start empty: they belonged to the previous drawing)."""
         panel = self.backend.panels.get(method)
         found = overview.methods.get(method)
         choices = contract.controls(panel, found) if found is not None else {}
         previous = self.sections[method].options if method in self.sections else {}
         options = {name: previous.get(name) if previous.get(name) in values else values[0]
                    for name, values in choices.items()}
+        options.update({name: None for name in contract.selections(panel) if name not in options})
         return choices, options
 
     def _draw_all(self, method: str, request: Request, overviews: Sequence[AnalysisResult],
@@ -310,11 +317,17 @@ class Page:
         if panel is None:
             return [f"no panel is registered for {method!r}; its result is in the API answer" for _ in overviews]
         drawings: list[Any] = []
+        asked = contract.detail_request(panel, method, options)
+        refused = self._refused(method, asked[0]) if asked is not None else None
+        if refused is not None:
+            return [refused for _ in overviews]
         for side, overview in enumerate(overviews):
             result = overview
-            params = contract.detail_params(panel, options)
-            if params is not None:
-                result = self._detail(side, method, request, params)
+            if asked is not None:
+                found = self._detail(side, asked[0], request, asked[1])
+                # another method's answer goes beside the overview's; this method's own replaces it
+                result = found if asked[0] == method else msgspec.structs.replace(
+                    overview, methods={**overview.methods, **found.methods})
             try:
                 drawings.append(panel(result, **options))
             except ServiceError:
@@ -323,6 +336,15 @@ class Page:
                 message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 drawings.append(str(message))
         return drawings
+
+    def _refused(self, method: str, other: str) -> str | None:
+        """Why a panel of ``method`` may not ask ``other`` (None: it may): same plugin only."""
+        if other == method:
+            return None
+        owners = getattr(getattr(self.backend, "host", None), "method_owner", {})
+        if other not in owners or owners.get(other) != owners.get(method):
+            return f"the {method} panel asked for {other!r}, which is not a method of its plugin"
+        return None
 
     def _detail(self, side: int, method: str, request: Request, params: dict[str, Any]) -> AnalysisResult:
         key = (request.texts[side], request.model, method, json.dumps(params, sort_keys=True))
@@ -416,8 +438,23 @@ class Page:
                 holder.children = []
             else:
                 holder.children = [drawing]
+                self._listen(section, drawing)
         section.error.text = html.escape("; ".join(dict.fromkeys(messages)))
         section.error.visible = bool(messages)
+
+    def _listen(self, section: Section, drawing: Any) -> None:
+        """A selection in the drawing's named sources sets the panel's option (``panel.selections``)."""
+        for name, source_name in contract.selections(self.backend.panels.get(section.method)).items():
+            source = drawing.select_one({"type": ColumnDataSource, "name": source_name})
+            if source is None or name not in source.data:
+                continue
+
+            def picked(_attr: str, _old: Any, new: list[int], source: Any = source, name: str = name) -> None:
+                values = source.data[name]
+                value: Any = values[new[0]] if new and new[0] < len(values) else None
+                self._set_option(section, name, value.item() if hasattr(value, "item") else value)  # numpy -> Python
+
+            source.selected.on_change("indices", picked)
 
     # --- selectors ----------------------------------------------------------------------
 
@@ -426,9 +463,19 @@ class Page:
             return
         values = section.choices.get(name, [])
         picked = next((v for v in values if str(v) == new), None)
-        if picked is None or self.request is None:
+        if picked is not None:
+            self._set_option(section, name, picked)
+
+    def _set_option(self, section: Section, name: str, value: Any) -> None:
+        """Draw ``section`` again with option ``name`` set to ``value`` (a selector's or a selection's)."""
+        if self.request is None or section.options.get(name, object()) == value:
             return
-        section.options[name] = picked
+        section.options[name] = value
+        self._draw_again(section)
+
+    def _draw_again(self, section: Section) -> None:
+        if self.request is None:
+            return
         section.stamp += 1
         self.status.text = f"drawing {html.escape(section.method)}&hellip;"
         self.executor.submit(self._redraw, self.generation, section, section.stamp, dict(section.options),
@@ -454,8 +501,7 @@ class Page:
 
     def _lost_during_redraw(self, generation: int, message: str, section: Section) -> None:
         if generation == self.generation:
-            name, value = next(iter(section.options.items()))
-            self.lost(message, lambda: self._changed(section, name, str(value)))
+            self.lost(message, lambda: self._draw_again(section))
 
     def _redrawn(self, generation: int, section: Section, stamp: int, drawings: list[Any], timings: str = "") -> None:
         if generation != self.generation or stamp != section.stamp:

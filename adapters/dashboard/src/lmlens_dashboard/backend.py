@@ -8,7 +8,8 @@ classes), so the page draws the same either way. Errors come back as ``ServiceEr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,8 @@ import msgspec
 from lmlens import wire
 from lmlens.plugins import PluginHost
 from lmlens.wire import AnalysisResult
+from lmlens_dashboard import jobs
+from lmlens_dashboard.jobs import DOCUMENT_JOB, ITEMS_PER_LOOK, POLL_S, JobView
 
 log = logging.getLogger("lmlens_dashboard")
 
@@ -63,6 +66,19 @@ class Backend(Protocol):
         progress: Progress | None = None,
     ) -> AnalysisResult: ...
 
+    def submit_document(
+        self, text: str, model: str, methods: Sequence[str], params: Mapping[str, Any], window_size: int
+    ) -> str: ...
+
+    def follow_document(self, job_id: str, start: int = 0) -> Iterator[JobView]: ...
+
+    def cancel_document(self, job_id: str) -> bool: ...
+
+
+def _all_windows(host: PluginHost) -> type[msgspec.Struct]:
+    """A window result typed for every installed method (so any job's windows decode)."""
+    return jobs.window_type(host, sorted(host.methods))
+
 
 def _internal(exc: Exception) -> ServiceError:
     log.exception("analysis failed")
@@ -79,6 +95,7 @@ class InProcessBackend:
         self.panels = host.panels
         self._models = list(models) if models else None
         self.where = "in process"
+        self._queue: Any = None
 
     def warm(self) -> None:
         """Load the default model now, so the first Analyse does not wait for it."""
@@ -111,6 +128,62 @@ class InProcessBackend:
         except Exception as exc:  # shown as one line in the page, logged in full here
             raise _internal(exc) from None
         return result
+
+    # --- long documents -------------------------------------------------------------------
+
+    def job_queue(self) -> Any:
+        """The user's Dramatiq/Redis queue when there is one (lmlens-worker, ``REDIS_URL``),
+        else a queue in this process (``jobs.LocalJobs``)."""
+        if self._queue is None:
+            self._queue = self.host.pm.hook.job_queue() or jobs.LocalJobs(self.analyzer)
+            log.info("long documents go to %s", type(self._queue).__name__)
+        return self._queue
+
+    def submit_document(
+        self, text: str, model: str, methods: Sequence[str], params: Mapping[str, Any], window_size: int
+    ) -> str:
+        from lmlens.errors import LmlensError
+
+        try:  # the cheap checks here, so a bad document is refused before it is queued
+            self.analyzer.check_text(text, limit=self.analyzer.settings.max_document_chars)
+            self.analyzer.resolve_params(self.analyzer.resolve_methods(list(methods)), dict(params))
+            job_id: str = self.job_queue().submit(DOCUMENT_JOB, {
+                "text": text, "model": model, "methods": list(methods), "params": dict(params),
+                "window_size": window_size})
+        except LmlensError as exc:
+            raise ServiceError(exc.code, exc.message, exc.field) from None
+        return job_id
+
+    def follow_document(self, job_id: str, start: int = 0) -> Iterator[JobView]:
+        from lmlens.errors import LmlensError
+
+        queue = self.job_queue()
+        typed = _all_windows(self.host)
+        local = isinstance(queue, jobs.LocalJobs)
+        seen = [0.0]
+
+        def status() -> dict[str, Any]:
+            if local:
+                seen[0] = queue.updated(job_id)
+            found: dict[str, Any] = queue.status(job_id)
+            return found
+
+        def pause() -> None:
+            queue.wait(job_id, seen[0], POLL_S * 8) if local else time.sleep(POLL_S)
+
+        try:
+            yield from jobs.follow(job_id, status, lambda at: queue.items(job_id, at, ITEMS_PER_LOOK),
+                                   lambda raw: wire.from_msgpack(raw, typed), pause, start)
+        except LmlensError as exc:
+            raise ServiceError(exc.code, exc.message, exc.field) from None
+
+    def cancel_document(self, job_id: str) -> bool:
+        from lmlens.errors import LmlensError
+
+        try:
+            return bool(self.job_queue().cancel(job_id))
+        except LmlensError as exc:
+            raise ServiceError(exc.code, exc.message, exc.field) from None
 
 
 class ApiBackend:
@@ -224,6 +297,42 @@ class ApiBackend:
             return None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ConnectionLost(f"no answer from the lmlens API at {self.url} ({type(exc).__name__})") from None
+
+    # --- long documents -------------------------------------------------------------------
+
+    def submit_document(
+        self, text: str, model: str, methods: Sequence[str], params: Mapping[str, Any], window_size: int
+    ) -> str:
+        for name in methods:
+            if name not in self.host.methods:
+                raise ServiceError("unknown_method", f"method {name!r} has no plugin installed beside the dashboard",
+                                   "methods")
+        body = {"kind": DOCUMENT_JOB, "params": {"text": text, "model": model, "methods": list(methods),
+                                                 "params": dict(params), "window_size": window_size}}
+        response = self._request("POST", "/jobs", content=msgspec.json.encode(body),
+                                 headers={"content-type": "application/json"})
+        return str(msgspec.json.decode(response.content)["id"])
+
+    def follow_document(self, job_id: str, start: int = 0) -> Iterator[JobView]:
+        answer = msgspec.defstruct("ItemsAnswer", [("items", list[msgspec.defstruct(  # type: ignore[misc]
+            "Item", [("index", int), ("value", _all_windows(self.host))])])])
+
+        def status() -> dict[str, Any]:
+            found: dict[str, Any] = msgspec.json.decode(self._request("GET", f"/jobs/{job_id}").content)
+            return found
+
+        def items(at: int) -> dict[int, Any]:
+            response = self._request("GET", f"/jobs/{job_id}/items/{at}", headers={"accept": "application/msgpack"})
+            try:
+                decoded = wire.from_msgpack(response.content, answer)
+            except msgspec.DecodeError as exc:
+                raise ServiceError("bad_response", f"the API answered what this dashboard cannot read: {exc}") from None
+            return {item.index: item.value for item in decoded.items}  # type: ignore[attr-defined]
+
+        yield from jobs.follow(job_id, status, items, lambda value: value, lambda: time.sleep(POLL_S), start)
+
+    def cancel_document(self, job_id: str) -> bool:
+        return bool(msgspec.json.decode(self._request("DELETE", f"/jobs/{job_id}").content)["cancelled"])
 
 
 class _Frame(msgspec.Struct):

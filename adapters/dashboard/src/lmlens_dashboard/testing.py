@@ -68,6 +68,29 @@ return {id: fig.id, shape: Array.from(img.shape), checksum: checksum, title: fig
         values: arguments[1] ? Array.from(img) : null, painted: painted};
 """
 
+# Where a glyph of the renderer drawing the source named arguments[0] sits on the page: row
+# arguments[1]'s screen point (the glyph view's sx, sy) plus its canvas's place in the viewport.
+GLYPH_POINT = MODEL + """
+function views(view, out) {
+  out.push(view);
+  for (const child of view.children_views ? Array.from(view.children_views()) : []) { views(child, out); }
+  return out;
+}
+const source = model(arguments[0]);
+if (!source) return null;
+for (const root of Object.values(Bokeh.index)) {
+  for (const view of views(root, [])) {
+    if (view.model.data_source !== source || !view.glyph || !view.glyph.sx) continue;
+    const canvas = view.parent.canvas_view.el;
+    canvas.scrollIntoView({block: 'center'});
+    const box = canvas.getBoundingClientRect();
+    const i = arguments[1];
+    return {x: box.left + view.glyph.sx[i], y: box.top + view.glyph.sy[i]};
+  }
+}
+return null;
+"""
+
 
 @contextmanager
 def chromium(window: str = "1280,1500", log_network: bool = False) -> Iterator[Any]:
@@ -137,6 +160,20 @@ def type_text(driver: Any, host_css: str, text: str) -> None:
 
 def click(driver: Any, host_css: str) -> None:
     inner(driver, host_css, "button").click()
+
+
+def tap_glyph(driver: Any, source: str, index: int) -> dict[str, float]:
+    """Click, with the mouse, the glyph drawing row ``index`` of the ColumnDataSource named ``source``."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    point: dict[str, float] | None = wait(driver, lambda d: d.execute_script(GLYPH_POINT, source, index),
+                                          message=f"no glyph drawn from {source!r}")
+    assert point is not None
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(round(point["x"]), round(point["y"]))  # type: ignore[no-untyped-call]
+    actions.pointer_action.click()
+    actions.perform()
+    return point
 
 
 def choose(driver: Any, host_css: str, value: str) -> None:

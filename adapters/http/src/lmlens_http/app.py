@@ -105,6 +105,7 @@ def create_app(config: ServiceConfig | None = None, *, host: PluginHost | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.warm()  # the default model loads in the background while the server starts
         await service.preload()
         try:
             yield

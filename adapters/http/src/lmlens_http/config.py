@@ -42,7 +42,8 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     memory_limit_gb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
     default_model: str | None = None  # None: the kernel's default (smollm2-135m)
     models: list[str] | None = None  # the allowlist; None: every registered alias
-    preload: list[str] = []  # models to load at startup
+    preload: list[str] = []  # models to load at startup; the server listens once they are loaded
+    warm_default: bool = True  # no preload: load the default model in the background at startup
     pool_workers: Positive = 2  # threads running model work
     queue_size: NonNegative = 16  # admitted jobs waiting for a thread; more get 503
     request_timeout_s: Seconds = 60.0
@@ -73,6 +74,7 @@ ENVIRONMENT = {
     "LMLENS_DEFAULT_MODEL": "default_model",
     "LMLENS_MODELS": "models",
     "LMLENS_PRELOAD": "preload",
+    "LMLENS_WARM_DEFAULT": "warm_default",
     "API_POOL_WORKERS": "pool_workers",
     "API_QUEUE_SIZE": "queue_size",
     "API_REQUEST_TIMEOUT": "request_timeout_s",

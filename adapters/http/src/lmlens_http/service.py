@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ from lmlens_http.errors import (
 from lmlens_http.pool import AnalysisPool, Listener, Notify
 from lmlens_http.ratelimit import build_limiter
 from lmlens_http.schemas import HTTP_DEFAULTS, RequestTypes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Service:
         # Which spec resolved to which model, without keeping evicted models alive.
         self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
         self.api_keys_enabled = bool(config.api_keys or config.api_key_file)
+        self.warming: threading.Thread | None = None  # the startup load of the default model (warm)
         self.types = RequestTypes(
             self.host.methods, wire.result_type(m.result for m in self.host.methods.values())
         )
@@ -157,6 +162,8 @@ class Service:
             typed = wire.convert(params, job.params)
         except msgspec.ValidationError as exc:
             raise from_validation(exc, prefix="params") from None
+        if kind == "analyze_document":
+            return self._check_document_job(typed)
         if kind != "analyze_batch":
             model = params.get("model")
             if isinstance(model, str) and model not in self.allowed:
@@ -186,6 +193,29 @@ class Service:
         await self.check_plan(first, field_prefix="params.", texts=typed.texts)
         return {"texts": list(typed.texts), "methods": [m.name for m in first.methods],
                 "params": msgspec.to_builtins(first.params), "model": first.model}
+
+    def _check_document_job(self, typed: Any) -> dict[str, Any]:
+        """An ``analyze_document`` job: the document (up to MAX_DOCUMENT_CHARS), the model
+        allowlist, the methods and their params, as ``/analyze`` checks them; the checks
+        that need the model (window size, memory) run in the job, before its first window."""
+        spec = typed.model or self.default_model
+        if spec not in self.allowed:
+            raise ModelNotAllowedError(
+                f"model {spec!r} is not served here; choose one of: {', '.join(self.allowed)}", field="params.model"
+            )
+        try:
+            self.analyzer.check_text(typed.text, limit=self.analyzer.settings.max_document_chars)
+            methods = list(typed.methods) or self.analyzer.default_methods()
+            given = {name: dict(value) for name, value in typed.params.items()}
+            for name, overrides in HTTP_DEFAULTS.items():  # summaries, not full maps, unless asked
+                if name in methods and name not in given:
+                    given[name] = dict(overrides)
+            resolved = self.analyzer.resolve_params(self.analyzer.resolve_methods(methods), given)
+        except LmlensError as exc:
+            exc.field = f"params.{exc.field}" if exc.field else "params"
+            raise
+        return {**msgspec.to_builtins(typed), "model": spec, "methods": methods,
+                "params": msgspec.to_builtins(resolved)}
 
     async def check_plan(self, prep: Prepared, *, field_prefix: str = "", texts: Sequence[str] = ()) -> None:
         """The checks that need the model, in the pool, before work is queued elsewhere:
@@ -303,6 +333,26 @@ class Service:
                 task.cancel()
             raise
         return [r for chunk_results in results for r in chunk_results]
+
+    def warm(self) -> threading.Thread | None:
+        """Start loading the default model in a background thread (``warm_default``) when
+        ``preload`` is empty (preloaded models are the operator's choice: a warm load would
+        delay them and could evict one from the model store). The server listens at once,
+        and the first request finds the model loaded, or waits for this load (the store
+        loads a spec once) instead of starting its own. A failed load is logged; the next
+        request that needs the model loads it again and answers with the error's code."""
+        if not self.config.warm_default or self.config.preload:
+            return None
+        thread = threading.Thread(target=self._warm, name="lmlens-warm", daemon=True)
+        thread.start()
+        self.warming = thread
+        return thread
+
+    def _warm(self) -> None:
+        try:
+            self.load(self.default_model)
+        except Exception as exc:
+            log.warning("loading the default model %r at startup failed: %s", self.default_model, exc)
 
     async def preload(self) -> None:
         for spec in self.config.preload:

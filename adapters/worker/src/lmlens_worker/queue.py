@@ -153,6 +153,15 @@ class RedisJobQueue:
             raise UnknownJobError(f"the result of job {job_id} has expired", field="id")
         return unpack_arrays(msgspec.msgpack.decode(encoded))
 
+    def items(self, job_id: str, start: int = 0, limit: int = 16) -> dict[int, bytes]:
+        """Items the job has recorded so far (``start`` on, at most ``limit``), each as
+        MessagePack: a batch's finished texts, a document's finished windows."""
+        check_job_id(job_id)
+        with redis_errors():
+            if not self.store.exists(job_id):
+                raise UnknownJobError(f"no job {job_id!r} (unknown, or expired)", field="id")
+            return self.store.items(job_id, start, limit)
+
     def raw_result(self, job_id: str) -> bytes | None:
         check_job_id(job_id)
         with redis_errors():

@@ -3,6 +3,9 @@
     POST   /jobs        {"kind", "params"} -> 202 {"id", "status"}
     GET    /jobs/{id}   status, progress, and the result or the error
     DELETE /jobs/{id}   ask the job to stop
+    GET    /jobs/{id}/items/{start}   the items recorded so far, from ``start`` (at most
+                        ITEMS_PER_ANSWER): a batch's finished texts, a document's finished
+                        windows, readable before the job ends
 
 A job request gets the checks ``/analyze`` makes, before anything is queued: the same
 body decoding (content type, size, UTF-8, depth), every text and method param of an
@@ -42,6 +45,23 @@ class JobAccepted(msgspec.Struct, frozen=True, kw_only=True):
 class JobCancelAnswer(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     cancelled: bool
+
+
+class JobItem(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    value: Any
+
+
+class JobItems(msgspec.Struct, frozen=True, kw_only=True):
+    """``items`` in index order; ``next``: the ``start`` to ask for next."""
+
+    id: str
+    items: list[JobItem]
+    next: int
+
+
+ITEMS_PER_ANSWER = 16
+MAX_ITEM_INDEX = 2**31
 
 
 class JobState(JobStatus, frozen=True, kw_only=True):
@@ -93,6 +113,27 @@ async def job(request: Request) -> Response:
     return encode_response(request, JobState(**status, result=result))
 
 
+async def job_items(request: Request) -> Response:
+    from lmlens.errors import InvalidParamsError
+    from lmlens_http.codec import encode_response
+
+    job_id = check_job_id(request.path_params["id"])
+    raw_start = request.path_params["start"]
+    if not raw_start.isdigit() or int(raw_start) >= MAX_ITEM_INDEX:
+        raise InvalidParamsError(f"start must be an item index (0 to {MAX_ITEM_INDEX - 1}), not {raw_start[:40]!r}",
+                                 field="start")
+    start = int(raw_start)
+    queue = job_queue(request)
+    found = await run_in_threadpool(queue.items, job_id, start, ITEMS_PER_ANSWER)
+    items: list[JobItem] = []
+    for index in sorted(found):
+        if index != start + len(items):
+            break  # only a run without gaps, so that ``next`` never skips an item still to come
+        items.append(JobItem(index=index, value=unpack_arrays(msgspec.msgpack.decode(found[index]))))
+    following = items[-1].index + 1 if items else start
+    return encode_response(request, JobItems(id=job_id, items=items, next=following))
+
+
 SUBMIT_ERRORS = ("400", "401", "403", "404", "413", "415", "422", "429", "503")
 JOB_ERRORS = ("401", "403", "404", "429", "503")
 
@@ -105,3 +146,8 @@ def register(register_route: Callable[..., None]) -> None:
                    summary="A job's status, progress and result; DELETE cancels it",
                    errors=JOB_ERRORS, responses={"DELETE": JobCancelAnswer},
                    path_schema={"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}})
+    register_route("/jobs/{id}/items/{start}", job_items, methods=("GET",), response=JobItems,
+                   summary="The items a job has recorded so far (a document's finished windows), from start on",
+                   errors=(*JOB_ERRORS, "422"),
+                   path_schema={"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                "start": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_INDEX - 1}})

@@ -139,6 +139,12 @@ class JobStore:
     def done_items(self, job_id: str) -> dict[int, bytes]:
         return {int(k): v for k, v in self.client.hgetall(self.key(job_id) + ":items").items()}
 
+    def items(self, job_id: str, start: int, limit: int) -> dict[int, bytes]:
+        """The recorded items ``start .. start + limit - 1`` (those that exist)."""
+        indices = list(range(start, start + limit))
+        values = self.client.hmget(self.key(job_id) + ":items", [str(i) for i in indices])
+        return {i: bytes(v) for i, v in zip(indices, values, strict=True) if v is not None}
+
     def store_result(self, job_id: str, value: bytes) -> bool:
         """Write the result once; a second delivery of the same job does not overwrite it."""
         return bool(self.client.set(self.key(job_id) + ":result", value, nx=True, ex=self.ttl_s))

@@ -79,6 +79,12 @@ def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None
 
         return draw(result, save_path=save_path, **options)
 
+    def controls(result: Any) -> dict[str, list[str]]:
+        from lmlens_anomaly.panels import groups
+
+        return {"group": groups(result)}
+
+    anomaly_panel.controls = controls  # type: ignore[attr-defined]  # the dashboard's group selector
     register("anomaly", anomaly_panel)
 
 

@@ -33,6 +33,8 @@ from lmlens_failure.predictor import Predictor, compare, fit_predictor, metrics
 
 KIND = "failure_predictor"
 DEFAULT_NAME = "default"
+# the predictor "default" stands for on a model other than smollm2-135m (all ship in this wheel)
+SHIPPED = {"tiny-gpt2": "tiny-gpt2-default"}
 Progress = Callable[[float, str], None]
 
 _memo: dict[str, Predictor] = {}
@@ -95,6 +97,11 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def shipped_name(name: str, model_name: str) -> str:
+    """``name``, or for ``"default"`` the predictor shipped for ``model_name`` when one is."""
+    return SHIPPED.get(model_name, name) if name == DEFAULT_NAME else name
 
 
 def predictor_from_artifact(artifact: Artifact) -> Predictor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from lmlens import Method, ModelInfo, Need, Result, Trace
 from lmlens.errors import InvalidParamsError
-from lmlens_failure.api import DEFAULT_NAME, KIND, predictor_from_artifact
+from lmlens_failure.api import DEFAULT_NAME, KIND, predictor_from_artifact, shipped_name
 from lmlens_failure.features import check_model, feature_needs, signals_from_activations
 from lmlens_failure.predictor import FEATURE_GROUP
 
@@ -31,7 +31,7 @@ SIGNAL_HELP = {
 
 
 class FailureParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    predictor: str = DEFAULT_NAME  # artifact name (kind failure_predictor)
+    predictor: str = DEFAULT_NAME  # artifact name (kind failure_predictor); "default": the one shipped for the model
     threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
     top_k: Annotated[int, msgspec.Meta(ge=0, le=32)] = 5  # contributing signals returned
 
@@ -71,15 +71,16 @@ def _needs(info: ModelInfo, params: FailureParams) -> Sequence[Need]:
     return feature_needs(info)
 
 
-def _artifacts(params: FailureParams) -> list[tuple[str, str]]:
-    return [(KIND, params.predictor)]
+def _artifacts(params: FailureParams, loaded: Any) -> list[tuple[str, str]]:
+    return [(KIND, shipped_name(params.predictor, loaded.name))]
 
 
 def _run(trace: Trace, params: FailureParams) -> FailureResult:
-    predictor = predictor_from_artifact(trace.artifact(KIND, params.predictor))
+    name = shipped_name(params.predictor, trace.model.name)
+    predictor = predictor_from_artifact(trace.artifact(KIND, name))
     info = trace.model.info
     if predictor.layer >= info.n_layers:
-        raise InvalidParamsError(f"predictor {params.predictor!r} reads layer {predictor.layer}", field="predictor")
+        raise InvalidParamsError(f"predictor {name!r} reads layer {predictor.layer}", field="predictor")
     n_tokens = int(trace.input_ids.shape[1])
     sig = signals_from_activations(dict(trace.activations), info, [n_tokens])
     values, contrib = predictor.contributions(sig)
@@ -113,7 +114,7 @@ def _run(trace: Trace, params: FailureParams) -> FailureResult:
         contributions=signals,
         decision=decision,
         one_minus_max_prob=float(1.0 - sig.logit[0, 0]),
-        predictor=params.predictor,
+        predictor=name,
         n_tokens=n_tokens,
         warnings=warnings,
     )

@@ -28,9 +28,10 @@ def register_methods(register: Callable[[Method], None]) -> None:
 
 @hookimpl
 def register_artifacts(register: Callable[[Any], None]) -> None:
-    directory = default_artifact_dir()
-    if (directory / "artifact.json").exists():
-        register(directory)
+    # "default" (smollm2-135m) and the predictors shipped for the tiny test models
+    for directory in sorted(default_artifact_dir().parent.iterdir()):
+        if (directory / "artifact.json").exists():
+            register(directory)
 
 
 @hookimpl
@@ -100,6 +101,15 @@ def register_panels(register: Callable[[str, Callable[..., Any]], None]) -> None
 
         return failure_panel(result, save_path=save_path, **options)
 
+    def controls(result: Any) -> dict[str, list[str]]:
+        from lmlens_failure.panels import groups
+
+        return {"group": groups(result)}
+
+    # the dashboard's optional attributes (lmlens_dashboard.contract): every signal's contribution
+    # in the first request, and a selector of the signal groups
+    panel.overview = {"top_k": 32}  # type: ignore[attr-defined]
+    panel.controls = controls  # type: ignore[attr-defined]
     register("failure", panel)
 
 

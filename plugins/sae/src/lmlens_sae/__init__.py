@@ -80,6 +80,18 @@ def register_verbs(register: Callable[[str, Callable[..., Any]], None]) -> None:
     register("train_sae", train_sae)
 
 
+def _card_request(options: dict[str, Any]) -> dict[str, Any] | None:
+    feature = options.get("feature")
+    return None if feature is None else {"method": "sae_feature", "params": {"feature": int(feature)}}
+
+
+# The dashboard's optional panel attributes (lmlens_dashboard.contract): a tap on a cell of the
+# strip (source "sae-strip", column "feature") picks a feature; its card is sae_feature's result.
+DASHBOARD: dict[str, dict[str, Any]] = {
+    "feature_strip": {"selections": {"feature": "sae-strip"}, "detail": _card_request},
+}
+
+
 def _lazy_panel(function: str) -> Callable[..., Any]:
     def panel(result: Any, *, save_path: str | None = None, **options: Any) -> Any:
         from lmlens_sae import panels
@@ -87,6 +99,8 @@ def _lazy_panel(function: str) -> Callable[..., Any]:
         return getattr(panels, function)(result, save_path=save_path, **options)
 
     panel.__name__ = function
+    for name, value in DASHBOARD.get(function, {}).items():
+        setattr(panel, name, value)
     return panel
 
 
