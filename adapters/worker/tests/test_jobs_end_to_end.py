@@ -25,9 +25,13 @@ def queue(redis_server, test_plugins, monkeypatch) -> RedisJobQueue:
     return RedisJobQueue(WorkerSettings.from_env())
 
 
-def batch(n: int = 40) -> dict:
+def batch(n: int = 40, **extra) -> dict:
     return {"texts": TEXTS[:n], "methods": ["attention"], "params": {"attention": {"patterns": False}},
-            "model": "tiny-gpt2"}
+            "model": "tiny-gpt2", **extra}
+
+
+# the tests that stop a job midway want it to take many passes: one text per pass
+ONE_BY_ONE = {"batch_size": 1}
 
 
 def test_malformed_payloads_are_refused_at_submission(queue: RedisJobQueue) -> None:
@@ -78,7 +82,7 @@ def test_a_padded_batch_job_equals_analysing_each_text_here(queue, redis_server,
 def test_a_killed_worker_s_job_is_redelivered_and_resumes(queue, redis_server, test_plugins, start_worker) -> None:
     env = worker_env(redis_server.url, test_plugins)
     first = start_worker(env)
-    job_id = queue.submit("analyze_batch", batch())
+    job_id = queue.submit("analyze_batch", batch(**ONE_BY_ONE))
     wait_for(lambda: len(queue.store.done_items(job_id)) >= 5, 120, "the first worker to finish some items")
     first.kill(signal.SIGKILL)
     done_at_kill = len(queue.store.done_items(job_id))
@@ -118,7 +122,7 @@ def test_typed_errors_fail_at_once(queue, redis_server, test_plugins, start_work
 
 def test_cancel_stops_a_running_job(queue, redis_server, test_plugins, start_worker) -> None:
     start_worker(worker_env(redis_server.url, test_plugins))
-    job_id = queue.submit("analyze_batch", batch())
+    job_id = queue.submit("analyze_batch", batch(**ONE_BY_ONE))
     wait_for(lambda: len(queue.store.done_items(job_id)) >= 2, 120, "the job to start")
     assert queue.cancel(job_id)
     wait_for(lambda: queue.status(job_id)["message"] == "cancelled", 60, "the worker to notice")
