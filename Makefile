@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python plugins/anomaly/bench/bench_anomaly.py
 	$(BIN)/python adapters/http/bench/bench_http.py
 	$(BIN)/python adapters/worker/bench/bench_worker.py
+	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python plugins/failure/bench/bench_failure.py
 	$(BIN)/python adapters/dashboard/bench/bench_dashboard.py
 

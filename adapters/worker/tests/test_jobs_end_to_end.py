@@ -25,9 +25,13 @@ def queue(redis_server, test_plugins, monkeypatch) -> RedisJobQueue:
     return RedisJobQueue(WorkerSettings.from_env())
 
 
-def batch(n: int = 40) -> dict:
+def batch(n: int = 40, **extra) -> dict:
     return {"texts": TEXTS[:n], "methods": ["attention"], "params": {"attention": {"patterns": False}},
-            "model": "tiny-gpt2"}
+            "model": "tiny-gpt2", **extra}
+
+
+# the tests that stop a job midway want it to take many passes: one text per pass
+ONE_BY_ONE = {"batch_size": 1}
 
 
 def test_malformed_payloads_are_refused_at_submission(queue: RedisJobQueue) -> None:
@@ -53,10 +57,32 @@ def test_analyzer_submit_goes_to_the_workers(queue, redis_server, test_plugins, 
     assert (status["status"], status["progress"], status["attempts"]) == ("done", 1.0, 1)
 
 
+def test_a_padded_batch_job_equals_analysing_each_text_here(queue, redis_server, test_plugins,
+                                                           start_worker) -> None:
+    import numpy as np
+
+    start_worker(worker_env(redis_server.url, test_plugins))
+    texts = ["a", "mid length text", *TEXTS[:4], "the longest text of this batch, by some margin"]
+    params = {"attention": {"patterns": True, "top_k": 2}}
+    job = {"texts": texts, "methods": ["attention"], "params": params, "model": "tiny-gpt2"}
+    batched = queue.result(queue.submit("analyze_batch", {**job, "batch_size": 4}), timeout=120)
+    one_by_one = queue.result(queue.submit("analyze_batch", {**job, "batch_size": 1}), timeout=120)
+    here = Analyzer("tiny-gpt2")
+    for text, a, b in zip(texts, batched, one_by_one, strict=True):
+        alone = here.analyze(text, methods=["attention"], params=params, use_cache=False).methods["attention"]
+        for got in (a, b):
+            assert got["text"] == text
+            att = got["methods"]["attention"]
+            for field in ("patterns", "entropy", "sink_mass", "mean_distance", "top_weights"):
+                np.testing.assert_allclose(np.asarray(att[field]), getattr(alone, field), atol=1e-5, err_msg=field)
+    assert {r["timings_ms"].get("forward_batch") is not None for r in batched} == {True}
+    assert {r["timings_ms"].get("forward_batch") is None for r in one_by_one} == {True}
+
+
 def test_a_killed_worker_s_job_is_redelivered_and_resumes(queue, redis_server, test_plugins, start_worker) -> None:
     env = worker_env(redis_server.url, test_plugins)
     first = start_worker(env)
-    job_id = queue.submit("analyze_batch", batch())
+    job_id = queue.submit("analyze_batch", batch(**ONE_BY_ONE))
     wait_for(lambda: len(queue.store.done_items(job_id)) >= 5, 120, "the first worker to finish some items")
     first.kill(signal.SIGKILL)
     done_at_kill = len(queue.store.done_items(job_id))
@@ -96,7 +122,7 @@ def test_typed_errors_fail_at_once(queue, redis_server, test_plugins, start_work
 
 def test_cancel_stops_a_running_job(queue, redis_server, test_plugins, start_worker) -> None:
     start_worker(worker_env(redis_server.url, test_plugins))
-    job_id = queue.submit("analyze_batch", batch())
+    job_id = queue.submit("analyze_batch", batch(**ONE_BY_ONE))
     wait_for(lambda: len(queue.store.done_items(job_id)) >= 2, 120, "the job to start")
     assert queue.cancel(job_id)
     wait_for(lambda: queue.status(job_id)["message"] == "cancelled", 60, "the worker to notice")

@@ -21,6 +21,7 @@ from lmlens.artifacts import (
     check_model,
     model_fingerprint,
 )
+from lmlens.batching import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, run_many
 from lmlens.cache import Cache, MethodKey, cache_key
 from lmlens.chunking import DocumentResult
 from lmlens.errors import (
@@ -324,6 +325,83 @@ class Analyzer:
         """Analyse ``text`` with every method in ``methods`` over one forward pass."""
         request = self.prepare(text, self.default_methods() if methods is None else methods, params, model=model)
         return self.run(request, progress=progress, use_cache=use_cache)
+
+    def analyze_batch(
+        self,
+        texts: Sequence[str],
+        methods: Sequence[str] | str | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        use_cache: bool = True,
+        on_result: Callable[[int, AnalysisResult], None] | None = None,
+    ) -> list[AnalysisResult]:
+        """Analyse many texts with the same methods; one result per text, in order.
+
+        Every text is prepared (validated, planned) before any model work. Texts whose
+        methods are all ``batchable`` share padded passes of up to ``batch_size`` texts of
+        similar length (at most ``max_tokens`` padded tokens, and no more than one text may
+        have: MAX_SEQUENCE_LENGTH and the model's positions); each result equals
+        ``analyze(text)`` to float32 tolerance. ``batch_size=1`` analyses text by text.
+        ``on_result(index, result)`` is called as each result is ready (cached ones first).
+        """
+        if not isinstance(texts, (list, tuple)):
+            raise InvalidParamsError("texts must be a list of strings", field="texts")
+        if batch_size < 1 or max_tokens < 1:
+            raise InvalidParamsError("batch_size and max_tokens must be at least 1", field="batch_size")
+        chosen = self.default_methods() if methods is None else methods
+        requests = []
+        for index, text in enumerate(texts):
+            try:
+                requests.append(self.prepare(text, chosen, params, model=model))
+            except LmlensError as exc:
+                if exc.field == "text":
+                    exc.field = f"texts[{index}]"
+                raise
+        results: list[AnalysisResult | None] = [None] * len(requests)
+        keys: list[str | None] = [None] * len(requests)
+        pending = []
+        for index, request in enumerate(requests):
+            if self.cache is not None and use_cache:
+                keys[index] = key = self.request_key(request)
+                hit = self.cache.get(key)
+                if hit is not None:
+                    decoded = wire.from_msgpack(hit, wire.result_type(m.result for m in request.methods))
+                    results[index] = msgspec.structs.replace(decoded, cached=True)
+                    if on_result is not None:
+                        on_result(index, results[index])  # type: ignore[arg-type]
+                    continue
+            pending.append(index)
+
+        def finished(position: int, result: AnalysisResult) -> None:
+            index = pending[position]
+            results[index] = result
+            key = keys[index]
+            if key is not None and self.cache is not None:
+                self.cache.set(key, wire.to_msgpack(result))
+            if on_result is not None:
+                on_result(index, result)
+
+        def measured(seconds: float, rows: int, length: int) -> None:
+            loaded = requests[pending[0]].loaded
+            flops = rows * forward_flops(loaded.info, length)
+            self._flops_per_second[loaded.name] = flops / max(seconds, 1e-6)
+
+        if pending:
+            loaded = requests[pending[0]].loaded
+            run_many(
+                [requests[i] for i in pending],
+                cache=self.cache,
+                resolve_artifact=self._artifact_resolver(loaded),
+                batch_size=batch_size,
+                # a padded pass never holds more tokens than one text may have
+                max_tokens=min(max_tokens, self.token_limit(loaded)),
+                on_forward=measured,
+                on_result=finished,
+            )
+        return [r for r in results if r is not None]
 
     def default_methods(self) -> list[str]:
         """When no method is named: every installed method tagged ``default``, else the first installed."""

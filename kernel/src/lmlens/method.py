@@ -74,6 +74,15 @@ class Method:
     can be stitched back onto the document; ``extra_bytes(info, params, n_tokens)``
     estimates memory the method uses beyond its captured needs (gradients, batched
     extra passes), for the memory estimate.
+
+    For batches of texts: ``batchable=True`` says the method's shared-pass needs may be
+    captured from a padded batch of texts (``Analyzer.analyze_batch``). The kernel then
+    hands each of the method's reducers (and kept tensors) one text's row with the
+    padding stripped, in the same shapes as an unbatched pass (batch of 1), and calls
+    ``run`` once per text with that text's trace; extra passes inside ``run`` stay per
+    text. Say so only when the result does not depend on anything but the captured
+    values (to float32 tolerance: batched products may round differently) and the
+    trace. A request with any method that is not batchable runs its texts one by one.
     """
 
     name: str
@@ -94,6 +103,8 @@ class Method:
     # artifacts(params, loaded) is called instead when it takes two arguments (a default
     # that depends on the model).
     artifacts: Callable[..., Sequence[tuple[str, str]]] | None = None
+    # the shared-pass needs may come from a padded batch of texts (see above)
+    batchable: bool = False
 
     def __post_init__(self) -> None:
         if self.needs is None and self.plan is None:

@@ -93,6 +93,23 @@ def run_request(
     if needs and on_forward is not None:
         on_forward(elapsed)
     notify("end", "")
+    return method_results(
+        request, activations, timings, cache=cache, resolve_artifact=resolve_artifact, progress=progress
+    )
+
+
+def method_results(
+    request: Request,
+    activations: Mapping[str, Any],
+    timings: dict[str, float],
+    *,
+    cache: Cache | None,
+    resolve_artifact: Callable[[str, str], Artifact] | None,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Each method's ``run`` on its own view of a captured pass (keys ``"<method>/<key>"``)."""
+    assert request.input_ids is not None and request.tokens is not None, "a document runs by windows"
+    notify = progress or (lambda stage, method: None)
     results: dict[str, Result] = {}
     for method in request.methods:
         notify("start", method.name)

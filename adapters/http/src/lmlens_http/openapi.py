@@ -18,6 +18,8 @@ from starlette.routing import Route
 
 from lmlens import wire
 from lmlens.artifacts import ArtifactInfo
+from lmlens.batching import DEFAULT_BATCH_SIZE
+from lmlens.default_plugins.jobs import MAX_JOB_BATCH_SIZE
 from lmlens.wire import ErrorBody, ModelRow, PluginInfo
 from lmlens_http.schemas import Health
 
@@ -224,6 +226,9 @@ def job_request_schema(service: Any, components: dict[str, Any], text_rule: dict
                                 "description": "absent or null: the installed plugins' default methods"},
                     "params": {"$ref": "#/components/schemas/MethodParams"},
                     "model": model_rule,
+                    "batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_JOB_BATCH_SIZE,
+                                   "default": DEFAULT_BATCH_SIZE,
+                                   "description": "texts of similar length per padded pass (1: one by one)"},
                 },
                 "allOf": params_need_their_method(sorted(service.host.methods)),
             }

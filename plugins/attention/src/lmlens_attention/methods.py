@@ -176,6 +176,7 @@ ATTENTION = Method(
     plan=_attention_plan,
     run=_attention_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
     tags=("default",),
 )
 
@@ -267,6 +268,7 @@ HEAD_PATTERNS = Method(
     needs=_head_patterns_needs,
     run=_head_patterns_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 
@@ -347,6 +349,7 @@ HEAD_IMPORTANCE = Method(
     needs=_importance_needs,
     run=_importance_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 
@@ -416,6 +419,7 @@ ATTENTION_ROLLOUT = Method(
     needs=_rollout_needs,
     run=_rollout_run,
     version=__version__,
+    batchable=True,  # shared-pass needs from a padded batch: tested equal to per-text
 )
 
 METHODS = (ATTENTION, HEAD_PATTERNS, HEAD_IMPORTANCE, ATTENTION_ROLLOUT)
