@@ -19,13 +19,8 @@ def _d_mlp(loaded: LoadedModel) -> int:
     return int(value or 4 * loaded.info.d_model)
 
 
-def row_bytes(loaded: LoadedModel, pos: int, lm_positions: int, *, grad: bool, eager: bool = False) -> int:
-    """Estimated bytes one row of a batched pass over ``pos`` positions needs.
-
-    ``eager``: the pass keeps attention maps (a need reads patterns). Gradient passes
-    without one run SDPA, whose CPU flash kernel saves no ``[head, q, k]`` maps for the
-    backward (its autograd node is ``ScaledDotProductFlashAttentionForCpuBackward``).
-    """
+def row_bytes(loaded: LoadedModel, pos: int, lm_positions: int, *, grad: bool) -> int:
+    """Estimated bytes one row of a batched pass over ``pos`` positions needs."""
     info = loaded.info
     element = 8 if info.dtype == "float64" else 4
     d, d_mlp, heads = info.d_model, _d_mlp(loaded), info.n_heads
@@ -33,8 +28,8 @@ def row_bytes(loaded: LoadedModel, pos: int, lm_positions: int, *, grad: bool, e
     if grad:
         # Measured on smollm2-135m (128 tokens, frozen weights): autograd saves about
         # 5 d_model + 3 d_mlp values per position and layer; 1.3x covers the backward's
-        # transients. Eager attention adds the [head, q, k] maps.
-        per_layer = pos * (5 * d + 3 * d_mlp) + (heads * pos * pos if eager else 0)
+        # transients. Eager attention would add the [head, q, k] maps, counted here too.
+        per_layer = pos * (5 * d + 3 * d_mlp) + heads * pos * pos
         return int(1.3 * element * (info.n_layers * per_layer + 3 * vocab + 4 * pos * d))
     # Without a graph only one layer's temporaries live at a time.
     return element * (pos * (6 * d + 3 * d_mlp) + 3 * heads * pos * pos + 2 * vocab + 2 * pos * d)
@@ -49,9 +44,8 @@ def rows_per_pass(
     budget_mb: float,
     requested: int | None = None,
     cap: int = 512,
-    eager: bool = False,
 ) -> int:
     if requested is not None:
         return requested
-    per_row = row_bytes(loaded, pos, lm_positions, grad=grad, eager=eager)
+    per_row = row_bytes(loaded, pos, lm_positions, grad=grad)
     return max(1, min(cap, int(budget_mb * 2**20 // per_row)))
