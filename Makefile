@@ -46,7 +46,7 @@ bench: setup
 	$(BIN)/python plugins/attention/bench/bench_attention.py
 	$(BIN)/python plugins/importance/bench/bench_ig.py
 	$(BIN)/python benchmarks/bench_perf.py
-	$(BIN)/python benchmarks/bench_cold_start.py
+	$(BIN)/python benchmarks/bench_cold_start.py --before
 	$(BIN)/python plugins/patching/bench/bench_patching.py
 	$(BIN)/python plugins/sae/bench/bench_sae.py
 	$(BIN)/python plugins/anomaly/bench/bench_anomaly.py
