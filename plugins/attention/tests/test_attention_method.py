@@ -13,11 +13,15 @@ TEXT = "Attention is all you need, said the paper; attention is what we measure.
 
 
 def reference_attentions(loaded: LoadedModel, text: str) -> np.ndarray:
-    """[layer, head, q, k] float64 straight from the model."""
+    """[layer, head, q, k] float64 straight from the model, with transformers' own eager code."""
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids
-    loaded.set_eager_attention(True)
-    with torch.inference_mode():
-        out = loaded.model(ids, output_attentions=True)
+    with loaded.lock:
+        loaded.model.set_attn_implementation("eager")
+        try:
+            with torch.inference_mode():
+                out = loaded.model(ids, output_attentions=True)
+        finally:
+            loaded.set_eager_attention(False)
     return torch.stack([a[0] for a in out.attentions]).double().numpy()
 
 
@@ -128,3 +132,21 @@ def test_cached_score_helpers_work_outside_inference_mode() -> None:
     p = torch.full((1, 1, 5, 5), 0.2, requires_grad=True)
     (scores.mean_attention_distance(p) + scores.positional_score(p, causal=False)).sum().backward()
     assert p.grad is not None
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_each_window_of_a_document_keeps_its_own_maps(tiny_analyzer, family: str) -> None:
+    """The windows share one plan; each window's patterns must stay its own after the next runs."""
+    analyzer = tiny_analyzer(family)
+    document = " ".join(f"w{i}" for i in range(120))
+    windows, first = [], None
+    for window in analyzer.analyze_document_streaming(document, ["attention"], window_size=32, stride=16):
+        windows.append(window)
+        if first is None:
+            first = window.result.methods["attention"].patterns.copy()
+    assert first is not None and len(windows) >= 3
+    kept = [w.result.methods["attention"].patterns for w in windows]
+    np.testing.assert_array_equal(kept[0], first)  # not overwritten by the later windows
+    assert not np.shares_memory(kept[0], kept[1])
+    assert kept[1].shape[-1] == len(windows[1].result.tokens)
+    assert not np.allclose(kept[0], kept[1])

@@ -155,6 +155,7 @@ def _attention_run(trace: Trace, params: AttentionParams) -> AttentionResult:
     if plan.buffer is not None:
         assert plan.buffer.buffer is not None, "every kept layer wrote its slot"
         patterns = plan.buffer.buffer.numpy()
+        plan.buffer.buffer = None  # the result owns it: the next window of a document gets its own
     return AttentionResult(
         layers=layers,
         heads=heads,
