@@ -205,3 +205,14 @@ def test_detail_may_name_only_a_method_of_the_same_plugin(analyzer: Analyzer, ho
     error = page.sections["failure"].error
     assert error.visible and "not a method of its plugin" in error.text
     assert page.sections["failure"].holders[0].children == []
+
+
+def test_a_method_that_needs_params_gets_no_checkbox_in_either_mode(analyzer: Analyzer, host: PluginHost,
+                                                                     api: Any, request: Any) -> None:
+    """Ticking ``sae_feature`` alone could only fail (it needs a feature); its card opens from the strip."""
+    remote = ApiBackend(api.url, host=host)
+    request.addfinalizer(remote.close)
+    for backend in (InProcessBackend(analyzer), remote):
+        offered = backend.catalogue().methods
+        assert "sae_features" in offered and "failure" in offered and "anomaly" in offered
+        assert "sae_feature" not in offered

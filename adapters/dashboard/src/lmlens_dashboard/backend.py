@@ -51,6 +51,12 @@ class Catalogue:
     undrawable: list[str] = field(default_factory=list)  # methods the service has but this side cannot decode
 
 
+def offered(method: Any) -> bool:
+    """A method gets a checkbox only if it runs on its default params: ``sae_feature`` needs a
+    ``feature`` and is reached from the SAE strip's card instead."""
+    return not any(f.required for f in msgspec.structs.fields(method.params))
+
+
 class Backend(Protocol):
     panels: Mapping[str, Callable[..., Any]]
     where: str
@@ -106,7 +112,7 @@ class InProcessBackend:
         models = self._models or list(self.analyzer.settings.allowed_models or sorted(self.host.aliases))
         if default not in models:
             models.insert(0, default)
-        methods = {name: m.description for name, m in sorted(self.host.methods.items())}
+        methods = {name: m.description for name, m in sorted(self.host.methods.items()) if offered(m)}
         return Catalogue(models=models, default_model=default, methods=methods)
 
     def analyze(
@@ -232,7 +238,8 @@ class ApiBackend:
         models = [row["name"] for row in rows]
         default = next((row["name"] for row in rows if row.get("default")), models[0] if models else "")
         remote = [m for info in plugins if not info.get("error") for m in info.get("methods", [])]
-        methods = {m: self.host.methods[m].description for m in sorted(remote) if m in self.host.methods}
+        known = {m: self.host.methods[m] for m in sorted(remote) if m in self.host.methods}
+        methods = {m: method.description for m, method in known.items() if offered(method)}
         undrawable = sorted(m for m in remote if m not in self.host.methods)
         return Catalogue(models=models, default_model=default, methods=methods, undrawable=undrawable)
 
