@@ -9,19 +9,14 @@ from lmlens import eager
 from lmlens.capture import Need
 from lmlens.forward import run_forward
 from lmlens.models import LoadedModel
+from lmlens.testing import transformers_eager
 
 TEXT = "The map is computed where the method keeps it, and nowhere else."
 
 
 def _family_eager(loaded: LoadedModel, ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The family's own eager attention (transformers' code), as the independent reference."""
-    with loaded.lock:
-        loaded.model.set_attn_implementation("eager")
-        try:
-            with torch.inference_mode():
-                out = loaded.model(ids, output_attentions=True)
-        finally:
-            loaded.set_eager_attention(False)
+    out = transformers_eager(loaded, ids)
     return out.logits, out.attentions
 
 

@@ -5,20 +5,37 @@ Any package that depends on lmlens gets them in its tests:
 - ``tiny_models``: a session-wide ``{family: LoadedModel}`` for gpt2, llama and bert
 - ``tiny_analyzer(family)``: an ``Analyzer`` over one tiny model, no files, no network
 - ``lmlens_cache_dir``: a temporary ``LMLENS_CACHE_DIR`` for the session
+
+and ``transformers_eager(loaded, ids)``, the model's output with transformers' own eager
+attention (not the kernel's ``lmlens_eager``): an independent reference for maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from lmlens.analyzer import Analyzer
 from lmlens.models import LoadedModel, LoadOptions, load
 from lmlens.plugins import PluginHost
 from lmlens.settings import Settings
 from lmlens.tiny import FAMILIES
+
+
+def transformers_eager(loaded: LoadedModel, ids: torch.Tensor) -> Any:
+    """``model(ids, output_attentions=True)`` with transformers' own eager attention, under the lock."""
+    with loaded.lock:
+        loaded.model.set_attn_implementation("eager")
+        try:
+            with torch.inference_mode():
+                model: Any = loaded.model
+                return model(ids, output_attentions=True)
+        finally:
+            loaded.set_eager_attention(False)
 
 
 def load_tiny(family: str, host: PluginHost | None = None) -> LoadedModel:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lmlens import AnalysisResult, InvalidParamsError, LoadedModel, wire
+from lmlens.testing import transformers_eager
 from lmlens_attention import AttentionResult
 
 TEXT = "Attention is all you need, said the paper; attention is what we measure."
@@ -15,13 +16,7 @@ TEXT = "Attention is all you need, said the paper; attention is what we measure.
 def reference_attentions(loaded: LoadedModel, text: str) -> np.ndarray:
     """[layer, head, q, k] float64 straight from the model, with transformers' own eager code."""
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids
-    with loaded.lock:
-        loaded.model.set_attn_implementation("eager")
-        try:
-            with torch.inference_mode():
-                out = loaded.model(ids, output_attentions=True)
-        finally:
-            loaded.set_eager_attention(False)
+    out = transformers_eager(loaded, ids)
     return torch.stack([a[0] for a in out.attentions]).double().numpy()
 
 
