@@ -28,11 +28,11 @@ from lmlens.tiny import FAMILIES
 
 def transformers_eager(loaded: LoadedModel, ids: torch.Tensor) -> Any:
     """``model(ids, output_attentions=True)`` with transformers' own eager attention, under the lock."""
+    model: Any = loaded.model
     with loaded.lock:
-        loaded.model.set_attn_implementation("eager")
+        model.set_attn_implementation("eager")
         try:
             with torch.inference_mode():
-                model: Any = loaded.model
                 return model(ids, output_attentions=True)
         finally:
             loaded.set_eager_attention(False)
